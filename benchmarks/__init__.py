@@ -1,0 +1,1 @@
+"""Benchmarks: the timing protocol and the scripts that reproduce benchmarks/RESULTS.md."""

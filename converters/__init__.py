@@ -1,0 +1,1 @@
+"""Converters: PyTorch checkpoint -> ONNX, precision variants (FP16, INT8 Q/DQ), TensorRT engines."""

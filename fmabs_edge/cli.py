@@ -1,0 +1,172 @@
+"""The ``fmabs-edge`` command: a thin shell over the library.
+
+Each command parses its flags (named as the library's parameters), calls one library function and
+prints the result. Every :class:`~fmabs_edge.errors.FmabsError` becomes one clean line on stderr
+and exit code 2. Logging is configured here alone (``-v``/``-q``). Heavy libraries (torch,
+TensorRT) are imported inside the commands that need them, so ``--help`` is fast everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from fmabs_edge import __version__
+from fmabs_edge.errors import FmabsError
+
+logger = logging.getLogger(__name__)
+
+
+class _Group(click.Group):
+    """A click group that turns package errors into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FmabsError as err:
+            click.secho(f"error: {err}", err=True, fg="red")
+            sys.exit(2)
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, show_time=False, markup=False, rich_tracebacks=False)
+    root = logging.getLogger("fmabs_edge")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fmabs-edge")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """Visual anomaly detection with FMABS: train, export, quantise, build, run, evaluate, benchmark."""
+    _configure_logging(verbose, quiet)
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be a positive number, got {value}.")
+    return value
+
+
+def _echo_json(data: dict) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# train / threshold / export
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder for model.pt.")
+@click.option("--epochs", type=int, default=None, callback=_positive, help="Training epochs [default: 30].")
+@click.option("--batch-size", type=int, default=None, callback=_positive, help="Images per step [default: 8].")
+@click.option("--image-size", type=int, default=None, callback=_positive, help="Model input S (multiple of 16) [default: 256].")
+@click.option("--backbone", type=click.Choice(["efficientnet_lite0", "resnet18"]), default=None, help="Teacher/student architecture [default: efficientnet_lite0].")
+@click.option("--teacher-weights", type=click.Path(path_type=Path), default=None, help="State dict for the teacher (required for resnet18; nothing is downloaded).")
+@click.option("--attention/--no-attention", default=None, help="FIGA attention, or decode from the last student stage [default: attention].")
+@click.option("--decoder", type=click.Choice(["upconv", "deconv"]), default=None, help="Decoder kind [default: upconv].")
+@click.option("--learning-rate", type=float, default=None, callback=_positive, help="Adam learning rate [default: 1e-3].")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@click.option("--val-fraction", type=float, default=None, help="Share of normal images held out for statistics and threshold [default: 0.1].")
+@click.option("--max-false-reject", type=float, default=None, help="Threshold rule: allowed false-reject rate on held-out good images [default: 0.005].")
+@click.option("--resume/--no-resume", default=False, help="Continue from RUN_DIR/last.pt if present.")
+def train(data: Path, out_dir: Path, **options) -> None:
+    """Train an FMABS model on a folder of normal images (or an MVTec category's train/good)."""
+    from fmabs_edge.train import TrainOptions, train as train_model
+
+    options = {k: v for k, v in options.items() if v is not None}
+    result = train_model(data, out_dir, TrainOptions(**options))
+    click.echo(f"checkpoint: {result.checkpoint}")
+    click.echo(f"threshold: {result.metadata.threshold:.6g} ({result.metadata.threshold_rule})")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--good", required=True, type=click.Path(path_type=Path), help="Folder of good images to fit on.")
+@click.option("--max-false-reject", type=str, required=True, help="Allowed false-reject rate, e.g. 0.5% or 0.005.")
+@click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend that scores the images [default: from the file suffix].")
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
+def threshold(model: Path, good: Path, max_false_reject: str, backend: str | None, batch_size: int) -> None:
+    """Re-fit the decision threshold on good images; rewrites only the metadata (no rebuild needed)."""
+    from fmabs_edge.threshold import parse_rate, refit_threshold
+
+    result = refit_threshold(model, good, parse_rate(max_false_reject), backend=backend, batch_size=batch_size)
+    _echo_json(result)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
+@click.option("--check/--no-check", default=True, help="Compare ONNX Runtime with PyTorch after export [default: on].")
+def export(checkpoint: Path, out_path: Path, check: bool) -> None:
+    """Export a checkpoint to one self-contained ONNX file (preprocessing and scoring inside)."""
+    from fmabs_edge.converters.export import export_onnx
+
+    report = export_onnx(checkpoint, out_path, check=check)
+    _echo_json(report)
+
+
+# --------------------------------------------------------------------------------------------
+# run / eval / demo
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.csv (and maps).")
+@click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend [default: from the model file's suffix; .onnx -> ort].")
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
+@click.option("--threshold", type=float, default=None, help="Override the stored decision threshold.")
+@click.option("--save-maps/--no-save-maps", default=False, help="Write a heatmap overlay PNG per image.")
+def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, backend: str | None, batch_size: int, threshold: float | None, save_maps: bool) -> None:
+    """Score image files or folders; writes OUT/results.csv with a decision per image."""
+    from fmabs_edge.runtime.runners import load_runner
+    from fmabs_edge.score_folder import score_paths
+
+    with load_runner(model, backend) as runner:
+        summary = score_paths(runner, list(inputs), out_dir, batch_size=batch_size, threshold=threshold, save_maps=save_maps)
+    click.echo(
+        f"scored {summary.n_scored}, skipped {summary.n_skipped}, rejected {summary.n_rejected} -> {summary.results_csv}"
+    )
+
+
+@main.command(name="eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
+@click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend [default: from the file suffix].")
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
+@click.option("--threshold", type=float, default=None, help="Override the stored decision threshold.")
+def evaluate_command(model: Path, data: Path, json_path: Path | None, backend: str | None, batch_size: int, threshold: float | None) -> None:
+    """Evaluate a model on an MVTec-style category folder (image/pixel AUROC, AUPRO, F1-max)."""
+    from fmabs_edge.evaluate import evaluate, format_metrics
+
+    metrics = evaluate(model, data, backend=backend, batch_size=batch_size, threshold=threshold, json_path=json_path)
+    click.echo(format_metrics(metrics))
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the data, model and results.")
+@click.option("--epochs", type=int, default=None, callback=_positive, help="Training epochs [default: 8].")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out_dir: Path, epochs: int | None, seed: int) -> None:
+    """Make a synthetic defect set, train briefly, export, run with ONNX Runtime and evaluate."""
+    from fmabs_edge.demo import run_demo
+    from fmabs_edge.evaluate import format_metrics
+
+    metrics = run_demo(out_dir, epochs=epochs, seed=seed)
+    click.echo(format_metrics(metrics))
+
+
+# Commands of the later stages register below, one import and one add_command each.
