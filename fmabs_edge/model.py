@@ -225,6 +225,16 @@ class Decoder(nn.Module):
         return self.head(x)
 
 
+class StageDifference(nn.Module):
+    """``|T_l - S_l|`` per stage: the feature inconsistency, the anomaly signal of FMABS.
+
+    A module of its own so that its nodes carry a stable scope in the exported graph.
+    """
+
+    def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.abs(t - s) for t, s in zip(teacher, student)]
+
+
 class FmabsNet(nn.Module):
     """Teacher, student, FIGA and decoder. ``forward`` returns every piece the loss needs."""
 
@@ -240,6 +250,7 @@ class FmabsNet(nn.Module):
         self.student = FeatureExtractor(config.backbone, None)
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
+        self.difference = StageDifference()
         channels = self.teacher.channels
         if config.attention:
             self.figa = nn.ModuleList([FeatureInconsistencyAttention(c, config.attention_width) for c in channels])
@@ -262,8 +273,7 @@ class FmabsNet(nn.Module):
         with torch.no_grad():
             teacher = self.teacher(x)
         student = self.student(x)
-        differences = [torch.abs(t - s) for t, s in zip(teacher, student)]
-        return teacher, student, differences
+        return teacher, student, self.difference(teacher, student)
 
     def forward(self, x: torch.Tensor) -> dict[str, object]:
         teacher, student, differences = self.stage_features(x)

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fmabs_edge.artefacts import INPUT_NAME, OUTPUT_NAMES, check_contract, input_hw, load_onnx, read_metadata
+from fmabs_edge.artefacts import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    check_contract,
+    graph_sha256,
+    input_hw,
+    load_onnx,
+    read_metadata,
+)
 from fmabs_edge.errors import ModelError
 from fmabs_edge.runtime.runners import Runner
 
@@ -53,7 +61,9 @@ class OrtRunner(Runner):
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load this graph ({err}).") from err
-        return cls(path, session, metadata, input_hw(model))
+        runner = cls(path, session, metadata, input_hw(model))
+        runner.model_hash = graph_sha256(model)
+        return runner
 
     def _infer_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         anomaly_map, image_score = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})

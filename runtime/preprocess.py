@@ -114,16 +114,20 @@ def load_image(path: str | Path) -> DecodedImage:
     return decode_image_bytes(data, path)
 
 
-def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:
-    """The one resize to the model's input: ``(H, W, 3) uint8`` -> ``(size, size, 3) uint8``."""
-    if size <= 0:
-        raise UsageError(f"Model input size must be positive, got {size}.")
-    height, width = rgb.shape[:2]
-    if (height, width) == (size, size):
+def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The one resize: ``(H, W, 3) uint8`` -> ``(height, width, 3) uint8`` by :data:`RESIZE_RULE`."""
+    if height <= 0 or width <= 0:
+        raise UsageError(f"Resize target must be positive, got {height}x{width}.")
+    if rgb.shape[:2] == (height, width):
         return np.ascontiguousarray(rgb)
-    shrinking = height * width >= size * size
+    shrinking = rgb.shape[0] * rgb.shape[1] >= height * width
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (size, size), interpolation=interpolation)
+    return cv2.resize(rgb, (width, height), interpolation=interpolation)
+
+
+def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize to the model's input: ``(H, W, 3) uint8`` -> ``(size, size, 3) uint8``."""
+    return resize_image(rgb, size, size)
 
 
 def preprocess_file(path: str | Path, size: int) -> tuple[np.ndarray, DecodedImage]:

@@ -47,6 +47,8 @@ class Runner(abc.ABC):
         self.input_hw = input_hw
         #: Largest batch the backend takes in one call (None: no limit); larger batches are split.
         self.max_batch = max_batch
+        #: Identity of the graph/weights (never of the operating point), written beside each result.
+        self.model_hash = ""
         self._closed = False
 
     @property
@@ -103,6 +105,7 @@ class Runner(abc.ABC):
             "input_hw": list(self.input_hw),
             "max_batch": self.max_batch,
             "precision": self.metadata.precision,
+            "model_hash": self.model_hash,
         }
 
 
