@@ -1,7 +1,7 @@
 """Accuracy from the benchmark's own outputs: the same pipeline that is timed scores the test set.
 
-Pixel metrics are computed at each model's resolution S×S: masks are resized to S×S with
-nearest-neighbour and compared with the runner's ``(N, 1, S, S)`` maps. Decisions are taken at the
+Pixel metrics are computed as ``fmabs-edge eval`` computes them, at each model's resolution S×S:
+masks are resized to S×S with nearest-neighbour and compared with the runner's ``(N, 1, S, S)`` maps. Decisions are taken at the
 threshold stored in each artefact (a non-finite score always rejects). Agreement compares a
 variant's decisions and scores with its FP32 reference, image by image.
 """
@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from fmabs_edge import metrics
 from fmabs_edge.benchmarks.protocol import Clock, Frame, TimedVariant, run_batch
 from fmabs_edge.data import TestSample
 from fmabs_edge.errors import DataError
+from fmabs_edge.evaluate import load_mask
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +75,11 @@ def collect_outputs(
 
 
 def load_masks(samples: Sequence[TestSample], size: int) -> np.ndarray:
-    """``(N, size, size) bool`` ground truth: zeros for good images, masks resized nearest."""
+    """``(N, size, size) bool`` ground truth: zeros for good images, masks as ``eval`` reads them."""
     masks = np.zeros((len(samples), size, size), dtype=bool)
     for index, sample in enumerate(samples):
-        if sample.mask is None:
-            continue
-        mask = cv2.imread(str(sample.mask), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise DataError(f"Mask {sample.mask} cannot be read; replace it with a 0/255 PNG.")
-        masks[index] = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+        if sample.mask is not None:
+            masks[index] = load_mask(sample.mask, size)
     return masks
 
 
@@ -134,7 +129,3 @@ def agreement(outputs: VariantOutputs, reference: VariantOutputs) -> dict[str, f
         "score_max_abs_diff": float(difference[finite].max()) if finite.any() else None,
         "score_mean_abs_diff": float(difference[finite].mean()) if finite.any() else None,
     }
-
-
-def sample_paths(samples: Sequence[TestSample]) -> list[Path]:
-    return [sample.image for sample in samples]

@@ -79,6 +79,9 @@ class ModelConfig:
     decoder_width: int = 32
     #: "upconv" (upsample + 3x3 conv) or "deconv" (stride-2 transposed convolutions).
     decoder: str = "upconv"
+    #: Standardise each teacher channel with statistics of the training images before the student
+    #: mimics it, so every channel weighs alike in the loss and in |T - S|.
+    standardise_teacher: bool = True
     #: Input normalisation in 0..255 units, applied inside the graph: (x - mean) / std.
     input_mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
     input_std: tuple[float, float, float] = (128.0, 128.0, 128.0)

@@ -251,6 +251,9 @@ class FmabsNet(nn.Module):
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.difference = StageDifference()
+        for index, width in enumerate(self.teacher.channels):
+            self.register_buffer(f"teacher_mean_{index}", torch.zeros(1, width, 1, 1))
+            self.register_buffer(f"teacher_std_{index}", torch.ones(1, width, 1, 1))
         channels = self.teacher.channels
         if config.attention:
             self.figa = nn.ModuleList([FeatureInconsistencyAttention(c, config.attention_width) for c in channels])
@@ -264,6 +267,28 @@ class FmabsNet(nn.Module):
         self.teacher.eval()  # frozen, BN statistics included
         return self
 
+    @torch.no_grad()
+    def fit_teacher_statistics(self, batches) -> None:
+        """Set the per-channel mean/std of each teacher stage from batches of normalised images."""
+        sums: list[torch.Tensor] = []
+        squares: list[torch.Tensor] = []
+        counts: list[int] = []
+        for x in batches:
+            for index, feature in enumerate(self.teacher(x)):
+                values = feature.double()
+                stage = (values.sum(dim=(0, 2, 3)), (values**2).sum(dim=(0, 2, 3)), values[:, 0].numel())
+                if index == len(sums):
+                    sums.append(stage[0]), squares.append(stage[1]), counts.append(stage[2])
+                else:
+                    sums[index] += stage[0]
+                    squares[index] += stage[1]
+                    counts[index] += stage[2]
+        for index, (total, square, count) in enumerate(zip(sums, squares, counts)):
+            mean = total / count
+            std = torch.sqrt(torch.clamp(square / count - mean**2, min=1e-6))
+            getattr(self, f"teacher_mean_{index}").copy_(mean.float().view(1, -1, 1, 1))
+            getattr(self, f"teacher_std_{index}").copy_(std.float().view(1, -1, 1, 1))
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` float in 0..255 -> the backbone's input space."""
         return (images - self.input_mean) / self.input_std
@@ -272,6 +297,11 @@ class FmabsNet(nn.Module):
         """Teacher stages, student stages and their absolute differences ``|T_l - S_l|``."""
         with torch.no_grad():
             teacher = self.teacher(x)
+            if self.config.standardise_teacher:
+                teacher = [
+                    (t - getattr(self, f"teacher_mean_{i}")) / getattr(self, f"teacher_std_{i}")
+                    for i, t in enumerate(teacher)
+                ]
         student = self.student(x)
         return teacher, student, self.difference(teacher, student)
 

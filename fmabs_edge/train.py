@@ -42,6 +42,7 @@ class TrainOptions:
     attention_width: int = 32
     decoder: str = "upconv"
     decoder_width: int = 32
+    standardise_teacher: bool = True
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     #: Loss weights (METHOD.md): reconstruction, feature mimicking, attention.
@@ -181,6 +182,7 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
         attention_width=options.attention_width,
         decoder_width=options.decoder_width,
         decoder=options.decoder,
+        standardise_teacher=options.standardise_teacher,
         input_mean=BACKBONES[options.backbone]["mean"],
         input_std=BACKBONES[options.backbone]["std"],
     )
@@ -205,6 +207,10 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
     # Training loop.
     generator = torch.Generator().manual_seed(options.seed)
     data_tensor = _to_tensor(train_images)
+    if config.standardise_teacher and start_epoch == 0:
+        net.eval()
+        chunks = torch.split(data_tensor, options.batch_size)
+        net.fit_teacher_statistics(net.normalise(chunk) for chunk in chunks)
     started = time.perf_counter()
     for epoch in range(start_epoch, options.epochs):
         net.train()
