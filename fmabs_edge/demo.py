@@ -99,7 +99,7 @@ def run_demo(out_dir: str | Path, epochs: int | None = None, seed: int = 0) -> d
 
     out_dir = Path(out_dir)
     data = make_synthetic_category(out_dir / "data", seed=seed)
-    options = TrainOptions(epochs=epochs or 8, image_size=128, seed=seed, val_fraction=0.2)
+    options = TrainOptions(epochs=epochs or 8, batch_size=4, image_size=128, seed=seed, val_fraction=0.2)
     result = train(data, out_dir / "run", options)
     onnx_path = out_dir / "run" / "model.onnx"
     export_onnx(result.checkpoint, onnx_path)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import io
 import json
 import types
 from dataclasses import dataclass, field
@@ -225,7 +224,7 @@ class _Parser(_Strict):
     def parse(self, model: bytes, path: str | None = None) -> bool:
         proto = onnx.load_from_string(bytes(model))
         mod = self._module
-        codes, dtypes = mod.ErrorCode, mod.DataType
+        codes = mod.ErrorCode
         graph = proto.graph
         initialisers = {i.name for i in graph.initializer}
         uint8_tensors = {
@@ -256,7 +255,6 @@ class _Parser(_Strict):
         for value in graph.output:
             network._outputs.append(_wrap(mod, "ITensor", value.name, _shape(value), _dtype(mod, value)))
         network._onnx_bytes = bytes(model)
-        del dtypes
         return True
 
     @property
@@ -682,7 +680,7 @@ def make_tensorrt(version: str) -> types.ModuleType:
         "IHostMemory", (_HostMemory,), {"_surface": frozenset(members["IHostMemory"]), "_version": version}
     )
     values["ILogger"] = type("ILogger", (_ILogger,), {"Severity": severity})
-    logger_cls = type("Logger", (values["ILogger"],), dict(_Logger.__dict__))
+    logger_cls = type("Logger", (_Logger, values["ILogger"]), {})
     for name in ("VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR"):
         setattr(logger_cls, name, getattr(severity, name))
     values["Logger"] = logger_cls
@@ -702,7 +700,3 @@ def make_tensorrt(version: str) -> types.ModuleType:
     for name, value in values.items():
         setattr(mod, name, value)
     return mod
-
-
-_unused = io  # keep the import list honest for readers: io is not needed
-del _unused
