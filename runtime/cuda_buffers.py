@@ -414,7 +414,7 @@ def _native_handle(stream: Any) -> int:
     try:
         utils = importlib.import_module("cuda.bindings.utils")
         return int(utils.get_cuda_native_handle(stream))
-    except (ImportError, AttributeError, TypeError):
+    except Exception:  # older bindings lack the helper, or it does not know this object
         return int(stream)
 
 
