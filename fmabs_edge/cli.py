@@ -172,3 +172,5 @@ def demo(out_dir: Path, epochs: int | None, seed: int) -> None:
 # Commands of the later stages register below, one import and one add_command each.
 from fmabs_edge.cli_benchmark import benchmark  # noqa: E402
 main.add_command(benchmark)
+from fmabs_edge.cli_triton import export_triton_command  # noqa: E402
+main.add_command(export_triton_command)
