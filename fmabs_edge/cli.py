@@ -123,19 +123,40 @@ def export(checkpoint: Path, out_path: Path, check: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.csv (and maps).")
 @click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend [default: from the model file's suffix; .onnx -> ort].")
 @click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
 @click.option("--threshold", type=float, default=None, help="Override the stored decision threshold.")
 @click.option("--save-maps/--no-save-maps", default=False, help="Write a heatmap overlay PNG per image.")
-def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, backend: str | None, batch_size: int, threshold: float | None, save_maps: bool) -> None:
-    """Score image files or folders; writes OUT/results.csv with a decision per image."""
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="Streaming: per-camera YAML/TOML (ROI, ignore mask, aspect, operating point).")
+@click.option("--jsonl", type=click.Path(path_type=Path), default=None, help="Streaming: event file [default: OUT/events.jsonl].")
+@click.option("--save-video", is_flag=True, help="Streaming: an overlay video per source in OUT/videos/.")
+@click.option("--save-rejects", is_flag=True, help="Streaming: rejected frames with their maps in OUT/rejects/.")
+@click.option("--display", is_flag=True, help="Streaming: show overlays in a window (needs an OpenCV with a GUI).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Streaming: stop each source after this many frames.")
+@click.option("--queue-size", type=click.IntRange(min=1), default=8, show_default=True, help="Streaming: decoded frames waiting per source (a live source drops its oldest when full).")
+def run(model: Path, inputs: tuple[str, ...], out_dir: Path, backend: str | None, batch_size: int, threshold: float | None, save_maps: bool, **stream) -> None:
+    """Score image files or folders (OUT/results.csv), or stream any mix of videos, folders,
+    cameras (0, /dev/video0), URLs (rtsp://...) and GStreamer pipelines (OUT/events.jsonl)."""
     from fmabs_edge.runtime.runners import load_runner
+    from fmabs_edge.runtime.sources import is_stream_spec
     from fmabs_edge.score_folder import score_paths
 
+    if any(map(is_stream_spec, inputs)) or any(v for k, v in stream.items() if k != "queue_size"):
+        from fmabs_edge.runtime.stream import StreamOptions, stream_inputs
+
+        source = click.get_current_context().get_parameter_source("batch_size")
+        options = StreamOptions(
+            batch_size=None if source == click.core.ParameterSource.DEFAULT else batch_size, threshold=threshold,
+            out_dir=out_dir, jsonl=stream["jsonl"], save_video=stream["save_video"], save_rejects=stream["save_rejects"],
+            display=stream["display"], max_frames=stream["max_frames"], queue_size=stream["queue_size"],
+        )
+        with load_runner(model, backend) as runner:
+            click.echo(stream_inputs(runner, inputs, options, config_path=stream["config_path"]).format())
+        return
     with load_runner(model, backend) as runner:
-        summary = score_paths(runner, list(inputs), out_dir, batch_size=batch_size, threshold=threshold, save_maps=save_maps)
+        summary = score_paths(runner, [Path(i) for i in inputs], out_dir, batch_size=batch_size, threshold=threshold, save_maps=save_maps)
     click.echo(
         f"scored {summary.n_scored}, skipped {summary.n_skipped}, rejected {summary.n_rejected} -> {summary.results_csv}"
     )

@@ -465,6 +465,24 @@ class StreamSummary:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data)
 
+    def format(self) -> str:
+        """A few lines for the console: totals, then one line per source."""
+        d = self.data
+        lines = [
+            f"frames {d['frames_in']}: scored {d['scored']} (rejected {d['rejected']}), not inspected "
+            f"{d['not_inspected']} {d['not_inspected_causes'] or ''}".rstrip()
+            + (f"; stopped by {d['stopped_by']}" if d["stopped_by"] else "")
+        ]
+        for sid, s in d["sources"].items():
+            rate = "-" if s["reject_rate"] is None else f"{100 * s['reject_rate']:.1f}%"
+            lines.append(
+                f"  {sid} ({s['kind']}, {s['status']}): {s['frames_in']} in, {s['scored']} scored, reject rate {rate}, "
+                f"{s['not_inspected']} not inspected, {s['disconnects']} disconnects"
+            )
+        if d["jsonl"]:
+            lines.append(f"events -> {d['jsonl']}")
+        return "\n".join(lines)
+
 
 class _Stream:
     """One streaming run; see :func:`run_stream`."""

@@ -158,3 +158,26 @@ def test_folder_with_corrupt_image_reports_not_inspected(tmp_path):
     assert [e["status"] for e in frames] == ["scored", "not_inspected", "scored"]
     assert frames[1]["cause"] == "undecodable" and "1.png" in frames[1]["reason"]
     assert summary.not_inspected_causes == {"undecodable": 1}
+
+
+def test_cli_run_streams_a_video_mixed_with_a_folder(tmp_path, line_video):
+    from click.testing import CliRunner
+
+    from fmabs_edge.cli import main
+
+    model = write_brightness_onnx(tmp_path / "brightness.onnx", size=64, threshold=6.0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), dark_frame(40, 40, 0))
+    config = tmp_path / "cams.yaml"
+    config.write_text("cameras:\n  cam:\n    image_threshold: 20.0\n")
+    result = CliRunner().invoke(main, ["run", str(model), f"cam={line_video}", str(folder), "--out", str(tmp_path / "out"),
+                                       "--max-frames", "12", "--config", str(config), "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    events = read_events(tmp_path / "out" / "events.jsonl")
+    frames = [e for e in events if e["event"] == "frame"]
+    assert [e["frame"] for e in frames if e["source"] == "cam"] == list(range(12))
+    assert [e["frame"] for e in frames if e["source"] == "imgs"] == [0]
+    assert all(e["decision"] == "pass" and e["threshold"] == 20.0 for e in frames if e["source"] == "cam")
+    assert max(e["batch_size"] for e in frames) <= 3
+    assert "frames 13: scored 13" in result.output
