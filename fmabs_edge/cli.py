@@ -195,3 +195,5 @@ from fmabs_edge.cli_benchmark import benchmark  # noqa: E402
 main.add_command(benchmark)
 from fmabs_edge.cli_triton import export_triton_command  # noqa: E402
 main.add_command(export_triton_command)
+from fmabs_edge.cli_trt import build_command  # noqa: E402
+main.add_command(build_command)
