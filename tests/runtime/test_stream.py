@@ -181,3 +181,32 @@ def test_cli_run_streams_a_video_mixed_with_a_folder(tmp_path, line_video):
     assert all(e["decision"] == "pass" and e["threshold"] == 20.0 for e in frames if e["source"] == "cam")
     assert max(e["batch_size"] for e in frames) <= 3
     assert "frames 13: scored 13" in result.output
+
+
+@pytest.mark.slow
+def test_trained_graph_scores_match_the_runner(tmp_path, tiny_onnx, synthetic_category):
+    """The real exported FMABS graph: the stream's scores are the runner's, masked or not."""
+    from fmabs_edge.runtime.preprocess import load_image
+
+    pictures = [load_image(p).rgb for p in sorted((synthetic_category / "test").rglob("*.png"))[:8]]
+    video = write_video(tmp_path / "v.avi", pictures * 2)
+    with VideoFileSource(str(video), "reference") as source:
+        decoded = np.stack([frame.rgb for frame in source.frames()])
+    left_half = ((0, 0), (31, 0), (31, 63), (0, 63))
+    configs = CameraConfigs(cameras={"masked": CameraConfig(ignore_polygons=(left_half,))})
+    sources = [VideoFileSource(str(video), "plain"), VideoFileSource(str(video), "masked")]
+
+    with OrtRunner.open(tiny_onnx, intra_op_threads=1) as runner:
+        run_stream(runner, sources, configs, StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4))
+        reference = runner.infer(decoded)
+        threshold = runner.metadata.threshold
+
+    frames = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
+    plain = [e for e in frames if e["source"] == "plain"]
+    masked = [e for e in frames if e["source"] == "masked"]
+    assert len(plain) == len(masked) == len(decoded) == 16
+    for i, (p, m) in enumerate(zip(plain, masked)):
+        assert p["score_from"] == "graph" and p["image_score"] == pytest.approx(reference.image_score[i], rel=1e-4)
+        assert p["decision"] == ("reject" if reference.image_score[i] > threshold else "pass")
+        expected = reference.anomaly_map[i, 0][:, 32:].max()
+        assert m["score_from"] == "masked_map" and m["image_score"] == pytest.approx(expected, rel=1e-4)
