@@ -105,10 +105,15 @@ class TritonExport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model_dir": str(self.model_dir), "config": str(self.config_path), "model_file": str(self.model_file),
-            "platform": self.platform, "max_batch_size": self.max_batch_size,
-            "preferred_batch_sizes": self.preferred_batch_sizes, "parameters": self.parameters,
-            "checks": self.checks, "unchecked": self.unchecked,
+            "model_dir": str(self.model_dir),
+            "config": str(self.config_path),
+            "model_file": str(self.model_file),
+            "platform": self.platform,
+            "max_batch_size": self.max_batch_size,
+            "preferred_batch_sizes": self.preferred_batch_sizes,
+            "parameters": self.parameters,
+            "checks": self.checks,
+            "unchecked": self.unchecked,
         }
 
 
@@ -123,9 +128,13 @@ def onnx_io(model: onnx.ModelProto, source: str) -> ModelIO:
     def spec(info: onnx.ValueInfoProto) -> TensorSpec:
         elem = info.type.tensor_type.elem_type
         if elem not in ONNX_TO_TRITON:
-            raise ModelError(f"{source}: tensor '{info.name}' has ONNX type {elem}, which Triton cannot declare.")
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
-                     for d in info.type.tensor_type.shape.dim)
+            raise ModelError(
+                f"{source}: tensor '{info.name}' has ONNX type {elem}, which Triton cannot declare."
+            )
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+            for d in info.type.tensor_type.shape.dim
+        )
         return TensorSpec(info.name, ONNX_TO_TRITON[elem], dims)
 
     inputs = [spec(i) for i in model.graph.input if i.name not in initializers]
@@ -138,8 +147,10 @@ def contract_io(image_size: int, input_hw: tuple[int, int]) -> ModelIO:
     """The fmabs-edge contract's I/O (for an engine whose ONNX file is not at hand)."""
     return ModelIO(
         [TensorSpec(INPUT_NAME, "TYPE_UINT8", (-1, int(input_hw[0]), int(input_hw[1]), 3))],
-        [TensorSpec(MAP_OUTPUT, "TYPE_FP32", (-1, 1, image_size, image_size)),
-         TensorSpec(SCORE_OUTPUT, "TYPE_FP32", (-1,))],
+        [
+            TensorSpec(MAP_OUTPUT, "TYPE_FP32", (-1, 1, image_size, image_size)),
+            TensorSpec(SCORE_OUTPUT, "TYPE_FP32", (-1,)),
+        ],
         dynamic_batch=True,
     )
 
@@ -184,9 +195,12 @@ def render_config(
             f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}"
         )
     if instance_kind != "auto":
-        text.append(f"instance_group [\n  {{\n    count: {instance_count}\n    kind: KIND_{instance_kind.upper()}\n  }}\n]")
+        group = f"count: {instance_count}\n    kind: KIND_{instance_kind.upper()}"
+        text.append(f"instance_group [\n  {{\n    {group}\n  }}\n]")
     for key, value in parameters.items():
-        text.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{_escape(value)}" }}\n}}')
+        text.append(
+            f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{_escape(value)}" }}\n}}'
+        )
     return "\n".join(text) + "\n"
 
 
@@ -221,24 +235,43 @@ def check_config(config: Any, io: ModelIO) -> list[str]:
     batching = config.max_batch_size > 0
     if batching and not io.dynamic_batch:
         problems.append("max_batch_size > 0 but the model's first dimension is not a dynamic batch")
-    for kind, declared, specs in (("input", config.input, io.inputs), ("output", config.output, io.outputs)):
+    for kind, declared, specs in (
+        ("input", config.input, io.inputs),
+        ("output", config.output, io.outputs),
+    ):
         by_name = {t.name: t for t in declared}
         if set(by_name) != {s.name for s in specs}:
-            problems.append(f"{kind} names {sorted(by_name)} != model {sorted(s.name for s in specs)}")
+            problems.append(
+                f"{kind} names {sorted(by_name)} != model {sorted(s.name for s in specs)}"
+            )
             continue
         for spec in specs:
             entry = by_name[spec.name]
             dtype = model_config_pb2.DataType.Name(entry.data_type)
             if dtype != spec.data_type:
-                problems.append(f"{kind} '{spec.name}': data_type {dtype} != model {spec.data_type}")
+                problems.append(
+                    f"{kind} '{spec.name}': data_type {dtype} != model {spec.data_type}"
+                )
             expected = list(spec.dims[1:] if batching else spec.dims)
             if not expected:
-                if list(entry.dims) != [1] or not entry.HasField("reshape") or list(entry.reshape.shape):
-                    problems.append(f"{kind} '{spec.name}': rank-1 tensor needs dims [1] and reshape {{ shape: [] }}")
+                if (
+                    list(entry.dims) != [1]
+                    or not entry.HasField("reshape")
+                    or list(entry.reshape.shape)
+                ):
+                    problems.append(
+                        f"{kind} '{spec.name}': rank-1 tensor needs dims [1] and reshape {{ shape: [] }}"
+                    )
             elif list(entry.dims) != expected:
-                problems.append(f"{kind} '{spec.name}': dims {list(entry.dims)} != model {expected}")
+                problems.append(
+                    f"{kind} '{spec.name}': dims {list(entry.dims)} != model {expected}"
+                )
     if batching and config.HasField("dynamic_batching"):
-        bad = [s for s in config.dynamic_batching.preferred_batch_size if not 1 <= s <= config.max_batch_size]
+        bad = [
+            s
+            for s in config.dynamic_batching.preferred_batch_size
+            if not 1 <= s <= config.max_batch_size
+        ]
         if bad:
             problems.append(f"preferred_batch_size {bad} outside 1..{config.max_batch_size}")
     return problems
@@ -284,22 +317,35 @@ def export_triton(
     if not _NAME.match(name):
         raise UsageError(f"Triton model name '{name}' must be letters, digits, '_', '.' or '-'.")
     if instance_kind not in INSTANCE_KINDS:
-        raise UsageError(f"instance_kind '{instance_kind}' unknown; choose one of {INSTANCE_KINDS}.")
+        raise UsageError(
+            f"instance_kind '{instance_kind}' unknown; choose one of {INSTANCE_KINDS}."
+        )
     if max_queue_delay_us < 0 or instance_count < 1 or min_defect_area < 0:
-        raise UsageError("max_queue_delay_us and min_defect_area must be >= 0 and instance_count >= 1.")
+        raise UsageError(
+            "max_queue_delay_us and min_defect_area must be >= 0 and instance_count >= 1."
+        )
 
     is_plan = model.suffix.lower() in PLAN_SUFFIXES
     if is_plan:
         plan = _plan_facts(model, onnx_path, max_batch_size, triton_tensorrt_version)
-        io, metadata, limit, default_preferred = plan["io"], plan["metadata"], plan["max_batch"], plan["preferred"]
+        io, metadata, limit, default_preferred = (
+            plan["io"],
+            plan["metadata"],
+            plan["max_batch"],
+            plan["preferred"],
+        )
         checks, unchecked, extra = plan["checks"], plan["unchecked"], plan["parameters"]
         platform, file_name = "tensorrt_plan", "model.plan"
         instance_kind = "gpu" if instance_kind == "auto" else instance_kind
         if instance_kind != "gpu":
-            raise UsageError("A TensorRT plan runs on the GPU only; use instance_kind 'gpu' or 'auto'.")
+            raise UsageError(
+                "A TensorRT plan runs on the GPU only; use instance_kind 'gpu' or 'auto'."
+            )
     else:
         if model.suffix.lower() != ".onnx":
-            raise UsageError(f"{model}: expected an .onnx file or an engine ({', '.join(PLAN_SUFFIXES)}).")
+            raise UsageError(
+                f"{model}: expected an .onnx file or an engine ({', '.join(PLAN_SUFFIXES)})."
+            )
         graph = load_onnx(model)
         metadata = read_metadata(graph, str(model))
         check_contract(graph, str(model), metadata.image_size)
@@ -317,16 +363,24 @@ def export_triton(
             raise UsageError(f"max_batch_size must be at least 1, got {limit}.")
         preferred = sorted(set(preferred_batch_sizes or default_preferred))
         if not preferred or not all(1 <= s <= limit for s in preferred):
-            raise UsageError(f"preferred batch sizes {preferred} must lie in 1..{limit} (max_batch_size).")
+            raise UsageError(
+                f"preferred batch sizes {preferred} must lie in 1..{limit} (max_batch_size)."
+            )
     else:
         limit, preferred = 0, []
-        unchecked.append("the model's batch dimension is fixed: max_batch_size 0, no dynamic batching")
+        unchecked.append(
+            "the model's batch dimension is fixed: max_batch_size 0, no dynamic batching"
+        )
 
     image_threshold = metadata.threshold if threshold is None else float(threshold)
     parameters = {
         "fmabs_edge.threshold": _number(image_threshold),
-        "fmabs_edge.threshold_rule": metadata.threshold_rule if threshold is None else "set at export-triton",
-        "fmabs_edge.pixel_threshold": _number(image_threshold if pixel_threshold is None else float(pixel_threshold)),
+        "fmabs_edge.threshold_rule": (
+            metadata.threshold_rule if threshold is None else "set at export-triton"
+        ),
+        "fmabs_edge.pixel_threshold": _number(
+            image_threshold if pixel_threshold is None else float(pixel_threshold)
+        ),
         "fmabs_edge.min_defect_area": str(int(min_defect_area)),
         "fmabs_edge.image_size": str(metadata.image_size),
         "fmabs_edge.precision": metadata.precision,
@@ -335,14 +389,34 @@ def export_triton(
         **extra,
     }
     if not math.isfinite(image_threshold):
-        unchecked.append("the model has no decision threshold (inf): fit one with 'fmabs-edge threshold'")
+        unchecked.append(
+            "the model has no decision threshold (inf): fit one with 'fmabs-edge threshold'"
+        )
 
-    text = render_config(name, platform, io, limit, preferred, max_queue_delay_us, instance_kind, instance_count,
-                         parameters)
+    text = render_config(
+        name,
+        platform,
+        io,
+        limit,
+        preferred,
+        max_queue_delay_us,
+        instance_kind,
+        instance_count,
+        parameters,
+    )
     checks += _self_check(text, io, unchecked)
     model_dir = _write_repository(Path(out), name, text, model, file_name, overwrite)
-    result = TritonExport(model_dir, model_dir / "config.pbtxt", model_dir / "1" / file_name, platform, limit,
-                          preferred, parameters, checks, unchecked)
+    result = TritonExport(
+        model_dir,
+        model_dir / "config.pbtxt",
+        model_dir / "1" / file_name,
+        platform,
+        limit,
+        preferred,
+        parameters,
+        checks,
+        unchecked,
+    )
     for item in unchecked:
         logger.warning("export-triton: not checked: %s", item)
     return result
@@ -356,13 +430,23 @@ def _refuse_external_data(graph: onnx.ModelProto, model: Path) -> None:
     for tensor in graph.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             # TODO(fmabs): copy external weights into a model.onnx directory (#6)
-            raise ModelError(f"{model} keeps weights in external files; export it as one file for Triton.")
+            raise ModelError(
+                f"{model} keeps weights in external files; export it as one file for Triton."
+            )
 
 
-def _plan_facts(engine: Path, onnx_path: str | Path | None, max_batch_size: int | None,
-                triton_tensorrt_version: str | None) -> dict[str, Any]:
+def _plan_facts(
+    engine: Path,
+    onnx_path: str | Path | None,
+    max_batch_size: int | None,
+    triton_tensorrt_version: str | None,
+) -> dict[str, Any]:
     """Checks and I/O for a TensorRT engine, from its manifest (and its ONNX file if present)."""
-    from fmabs_edge.runtime.engine_manifest import parse_version, read_manifest, version_combination_supported
+    from fmabs_edge.runtime.engine_manifest import (
+        parse_version,
+        read_manifest,
+        version_combination_supported,
+    )
 
     manifest = read_manifest(engine)
     checks, unchecked = [], []
@@ -381,8 +465,15 @@ def _plan_facts(engine: Path, onnx_path: str | Path | None, max_batch_size: int 
             "no engine manifest: the optimisation profile must cover batch 1..max_batch_size",
             "no engine manifest: the TensorRT version that built the plan is unknown",
         ]
-        return {"io": io, "metadata": metadata, "max_batch": max_batch_size, "preferred": [max_batch_size],
-                "checks": checks, "unchecked": unchecked, "parameters": {}}
+        return {
+            "io": io,
+            "metadata": metadata,
+            "max_batch": max_batch_size,
+            "preferred": [max_batch_size],
+            "checks": checks,
+            "unchecked": unchecked,
+            "parameters": {},
+        }
 
     # the engine file is the one the manifest describes
     size = engine.stat().st_size
@@ -413,14 +504,18 @@ def _plan_facts(engine: Path, onnx_path: str | Path | None, max_batch_size: int 
     built = manifest.built_on.tensorrt_version
     if triton_tensorrt_version:
         parse_version(triton_tensorrt_version)
-        if not version_combination_supported(built, triton_tensorrt_version, manifest.version_compatible):
+        if not version_combination_supported(
+            built, triton_tensorrt_version, manifest.version_compatible
+        ):
             raise ModelError(
                 f"{engine} was built with TensorRT {built}; a Triton release with TensorRT {triton_tensorrt_version} "
                 "cannot load it (a standard plan needs the identical version; a version-compatible plan a newer "
                 "runtime). Build the engine inside the Triton container's TensorRT, or pick the Triton release "
                 f"that ships TensorRT {built}."
             )
-        checks.append(f"TensorRT {built} plan loads on the target's TensorRT {triton_tensorrt_version}")
+        checks.append(
+            f"TensorRT {built} plan loads on the target's TensorRT {triton_tensorrt_version}"
+        )
     else:
         unchecked.append(
             f"the plan was built with TensorRT {built}: the Triton release must ship this exact version "
@@ -437,7 +532,9 @@ def _plan_facts(engine: Path, onnx_path: str | Path | None, max_batch_size: int 
     if onnx_file.is_file():
         graph = load_onnx(onnx_file)
         if graph_sha256(graph) != manifest.onnx_graph_sha256:
-            raise ModelError(f"{onnx_file} is not the graph {engine} was built from (graph hash differs).")
+            raise ModelError(
+                f"{onnx_file} is not the graph {engine} was built from (graph hash differs)."
+            )
         io = onnx_io(graph, str(onnx_file))
         checks.append(f"I/O from {onnx_file} (graph hash matches the manifest)")
     else:
@@ -449,8 +546,15 @@ def _plan_facts(engine: Path, onnx_path: str | Path | None, max_batch_size: int 
         "fmabs_edge.tensorrt_version": built,
         "fmabs_edge.compute_capability": cc,
     }
-    return {"io": io, "metadata": metadata, "max_batch": limit, "preferred": preferred, "checks": checks,
-            "unchecked": unchecked, "parameters": parameters}
+    return {
+        "io": io,
+        "metadata": metadata,
+        "max_batch": limit,
+        "preferred": preferred,
+        "checks": checks,
+        "unchecked": unchecked,
+        "parameters": parameters,
+    }
 
 
 def _self_check(text: str, io: ModelIO, unchecked: list[str]) -> list[str]:
@@ -468,7 +572,9 @@ def _self_check(text: str, io: ModelIO, unchecked: list[str]) -> list[str]:
     return ["config.pbtxt parses as Triton's ModelConfig and matches the model's I/O"]
 
 
-def _write_repository(out: Path, name: str, text: str, model: Path, file_name: str, overwrite: bool) -> Path:
+def _write_repository(
+    out: Path, name: str, text: str, model: Path, file_name: str, overwrite: bool
+) -> Path:
     """Write ``out/name`` through a temporary folder renamed into place (old one kept on failure)."""
     target = out / name
     if target.exists() and not overwrite:

@@ -44,7 +44,15 @@ from fmabs_edge.runtime.preprocess import load_image, resize_to_model
 logger = logging.getLogger(__name__)
 
 ASPECT_RULES = ("pad", "stretch")
-_KEYS = ("roi", "aspect", "pad_value", "ignore", "image_threshold", "pixel_threshold", "min_defect_area")
+_KEYS = (
+    "roi",
+    "aspect",
+    "pad_value",
+    "ignore",
+    "image_threshold",
+    "pixel_threshold",
+    "min_defect_area",
+)
 _IGNORE_KEYS = ("mask", "polygons")
 
 Polygon = tuple[tuple[float, float], ...]
@@ -94,7 +102,9 @@ class CameraConfigs:
         if unused:
             logger.warning(
                 "%s: no source has the id(s) %s (sources: %s); name sources ID=SPEC to match",
-                self.path, unused, source_ids,
+                self.path,
+                unused,
+                source_ids,
             )
         return unused
 
@@ -125,20 +135,26 @@ def load_camera_configs(path: str | Path) -> CameraConfigs:
             raise
         raise UsageError(f"{path}: not valid YAML ({err}).") from err
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
+        raise UsageError(
+            f"{path}: the top level must be a mapping of keys, got {type(data).__name__}."
+        )
 
     base = path.parent
     if "cameras" in data or "default" in data:
         extra = sorted(set(data) - {"cameras", "default"})
         if extra:
-            raise UsageError(f"{path}: unknown top-level key(s) {extra}; use 'default' and 'cameras'.")
+            raise UsageError(
+                f"{path}: unknown top-level key(s) {extra}; use 'default' and 'cameras'."
+            )
         default_raw = data.get("default") or {}
         cameras_raw = data.get("cameras") or {}
         if not isinstance(cameras_raw, dict):
             raise UsageError(f"{path}: 'cameras' must map source ids to settings.")
         default = parse_camera_config(default_raw, base, f"{path}: default")
         cameras = {
-            str(sid): parse_camera_config({**default_raw, **(raw or {})}, base, f"{path}: cameras.{sid}")
+            str(sid): parse_camera_config(
+                {**default_raw, **(raw or {})}, base, f"{path}: cameras.{sid}"
+            )
             for sid, raw in cameras_raw.items()
         }
         return CameraConfigs(default, cameras, path)
@@ -158,8 +174,14 @@ def parse_camera_config(raw: dict[str, Any], base: Path, where: str) -> CameraCo
         values = raw["roi"]
         if isinstance(values, dict):
             values = [values.get(k) for k in ("x", "y", "width", "height")]
-        if not isinstance(values, (list, tuple)) or len(values) != 4 or not all(isinstance(v, int) for v in values):
-            raise UsageError(f"{where}: roi must be [x, y, width, height] in whole pixels, got {raw['roi']!r}.")
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != 4
+            or not all(isinstance(v, int) for v in values)
+        ):
+            raise UsageError(
+                f"{where}: roi must be [x, y, width, height] in whole pixels, got {raw['roi']!r}."
+            )
         if values[0] < 0 or values[1] < 0 or values[2] <= 0 or values[3] <= 0:
             raise UsageError(f"{where}: roi needs x, y >= 0 and width, height > 0, got {values}.")
         roi = tuple(int(v) for v in values)
@@ -173,7 +195,9 @@ def parse_camera_config(raw: dict[str, Any], base: Path, where: str) -> CameraCo
 
     ignore = raw.get("ignore") or {}
     if not isinstance(ignore, dict) or set(ignore) - set(_IGNORE_KEYS):
-        raise UsageError(f"{where}: ignore must be a mapping with keys {list(_IGNORE_KEYS)}, got {ignore!r}.")
+        raise UsageError(
+            f"{where}: ignore must be a mapping with keys {list(_IGNORE_KEYS)}, got {ignore!r}."
+        )
     mask = None
     if ignore.get("mask"):
         mask = Path(ignore["mask"])
@@ -185,21 +209,29 @@ def parse_camera_config(raw: dict[str, Any], base: Path, where: str) -> CameraCo
     thresholds = {}
     for key in ("image_threshold", "pixel_threshold"):
         value = raw.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)):
+        if value is not None and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
+        ):
             raise UsageError(f"{where}: {key} must be a number, got {value!r}.")
         thresholds[key] = None if value is None else float(value)
     min_area = raw.get("min_defect_area", 0)
     if not isinstance(min_area, int) or min_area < 0:
-        raise UsageError(f"{where}: min_defect_area must be a whole number of pixels >= 0, got {min_area!r}.")
+        raise UsageError(
+            f"{where}: min_defect_area must be a whole number of pixels >= 0, got {min_area!r}."
+        )
 
-    return CameraConfig(roi, aspect, pad_value, mask, polygons, min_defect_area=min_area, **thresholds)
+    return CameraConfig(
+        roi, aspect, pad_value, mask, polygons, min_defect_area=min_area, **thresholds
+    )
 
 
 def _parse_polygon(raw: Any, where: str) -> Polygon:
     try:
         points = tuple((float(x), float(y)) for x, y in raw)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"{where}: a polygon must be a list of [x, y] points, got {raw!r}.") from err
+        raise UsageError(
+            f"{where}: a polygon must be a list of [x, y] points, got {raw!r}."
+        ) from err
     if len(points) < 3:
         raise UsageError(f"{where}: a polygon needs at least 3 points, got {len(points)}.")
     return points
@@ -246,8 +278,11 @@ class FrameGeometry:
         x, y, w, h = self.roi
         top, bottom, left, right = self.padding
         full_w, full_h = w + left + right, h + top + bottom
-        resized = cv2.resize(np.ascontiguousarray(anomaly_map, dtype=np.float32), (full_w, full_h),
-                             interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(
+            np.ascontiguousarray(anomaly_map, dtype=np.float32),
+            (full_w, full_h),
+            interpolation=cv2.INTER_LINEAR,
+        )
         return resized[top : top + h, left : left + w]
 
 
@@ -280,7 +315,9 @@ class CameraView:
             )
         w, h = min(w, width - x), min(h, height - y)
         if cfg.roi is not None and (w, h) != tuple(cfg.roi[2:]):
-            logger.warning("%s: roi %s clipped to the %dx%d frame", self.source_id, cfg.roi, width, height)
+            logger.warning(
+                "%s: roi %s clipped to the %dx%d frame", self.source_id, cfg.roi, width, height
+            )
 
         padding = (0, 0, 0, 0)
         if cfg.aspect == "pad" and w != h:
@@ -293,7 +330,9 @@ class CameraView:
             ignore = self._ignore_pixels(frame_hw)
             valid = ~ignore[y : y + h, x : x + w]
             if not valid.any():
-                raise DataError(f"{self.source_id}: the ignore mask covers the whole region of interest.")
+                raise DataError(
+                    f"{self.source_id}: the ignore mask covers the whole region of interest."
+                )
         return FrameGeometry(frame_hw, (x, y, w, h), padding, cfg.pad_value, valid)
 
     def _ignore_pixels(self, frame_hw: tuple[int, int]) -> np.ndarray:
@@ -315,7 +354,10 @@ class CameraView:
             ignore |= self._mask_image
         if self.config.ignore_polygons:
             canvas = np.zeros((height, width), dtype=np.uint8)
-            polys = [np.round(np.asarray(p, dtype=np.float64)).astype(np.int32) for p in self.config.ignore_polygons]
+            polys = [
+                np.round(np.asarray(p, dtype=np.float64)).astype(np.int32)
+                for p in self.config.ignore_polygons
+            ]
             cv2.fillPoly(canvas, polys, 1)
             ignore |= canvas.astype(bool)
         return ignore

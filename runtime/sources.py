@@ -63,8 +63,8 @@ _JETSON_GSTREAMER_HINT = (
     "PyPI's opencv-python wheels are built without GStreamer. On a Jetson, use JetPack's system "
     "OpenCV (built with GStreamer): create the venv with 'python3 -m venv --system-site-packages', "
     "then 'pip uninstall opencv-python opencv-python-headless' inside it so that 'import cv2' finds "
-    "/usr/lib/python3/dist-packages/cv2. Check with: python -c \"import cv2; "
-    "print(cv2.getBuildInformation())\" | grep GStreamer"
+    '/usr/lib/python3/dist-packages/cv2. Check with: python -c "import cv2; '
+    'print(cv2.getBuildInformation())" | grep GStreamer'
 )
 
 
@@ -171,7 +171,9 @@ class Source(abc.ABC):
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def report(self, kind: str, message: str, attempt: int = 0, retry_in_s: float | None = None) -> None:
+    def report(
+        self, kind: str, message: str, attempt: int = 0, retry_in_s: float | None = None
+    ) -> None:
         """Log a note and pass it to :attr:`notify`."""
         note = SourceNote(self.source_id, kind, message, attempt, retry_in_s)
         level = logging.INFO if kind in ("ended", "reconnected") else logging.WARNING
@@ -207,7 +209,9 @@ class ImageFolderSource(Source):
 
     kind = "folder"
 
-    def __init__(self, spec: str, source_id: str, paths: Sequence[Path] | None = None, loop: bool = False):
+    def __init__(
+        self, spec: str, source_id: str, paths: Sequence[Path] | None = None, loop: bool = False
+    ):
         super().__init__(spec, source_id)
         self._paths = list(paths) if paths is not None else None
         self.loop = loop
@@ -241,7 +245,9 @@ class ImageFolderSource(Source):
 class _CaptureSource(Source):
     """A source read through an OpenCV-style capture (``cv2.VideoCapture`` or a test fake)."""
 
-    def __init__(self, spec: str, source_id: str, opener: Callable[[], Capture] | None = None) -> None:
+    def __init__(
+        self, spec: str, source_id: str, opener: Callable[[], Capture] | None = None
+    ) -> None:
         super().__init__(spec, source_id)
         self._opener = opener or self._default_opener
         self._capture: Capture | None = None
@@ -346,7 +352,9 @@ class VideoFileSource(_CaptureSource):
             if expected and 0 < read_this_pass < expected and not self.stopping:
                 logger.warning(
                     "%s: decoded %d of the %d frames the container announces (truncated file?)",
-                    self.source_id, read_this_pass, expected,
+                    self.source_id,
+                    read_this_pass,
+                    expected,
                 )
             if not self.loop or read_this_pass == 0 or self.stopping:
                 break
@@ -397,7 +405,12 @@ class LiveSource(_CaptureSource):
             return cv2.VideoCapture(index, backend)
         if self.kind == "gstreamer":
             return cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            self.timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            self.timeout_ms,
+        ]
         return cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
 
     def open(self) -> None:
@@ -415,7 +428,9 @@ class LiveSource(_CaptureSource):
                 "gstreamer": "an element is missing (gst-inspect-1.0 NAME) or the caps do not "
                 "negotiate; test the pipeline with gst-launch-1.0 and a fakesink",
             }[self.kind]
-            raise DataError(f"{self.source_id}: cannot open {self.kind} '{self.spec}'. Likely causes: {causes}.")
+            raise DataError(
+                f"{self.source_id}: cannot open {self.kind} '{self.spec}'. Likely causes: {causes}."
+            )
 
     def frames(self) -> Iterator[Frame]:
         self.open()
@@ -443,7 +458,9 @@ class LiveSource(_CaptureSource):
         while not self.stopping:
             attempt += 1
             if policy.max_attempts is not None and attempt > policy.max_attempts:
-                self.report("failed", f"gave up after {policy.max_attempts} reconnect attempts", attempt - 1)
+                self.report(
+                    "failed", f"gave up after {policy.max_attempts} reconnect attempts", attempt - 1
+                )
                 return False
             if self._stop.wait(policy.delay_s(attempt)):
                 return False
@@ -491,7 +508,9 @@ def gstreamer_available() -> bool:
 def check_gstreamer_pipeline(pipeline: str) -> None:
     """Raise UsageError when GStreamer is missing from OpenCV or the pipeline has no appsink."""
     if not gstreamer_available():
-        raise UsageError(f"GStreamer source '{pipeline}' needs an OpenCV built with GStreamer. {_JETSON_GSTREAMER_HINT}")
+        raise UsageError(
+            f"GStreamer source '{pipeline}' needs an OpenCV built with GStreamer. {_JETSON_GSTREAMER_HINT}"
+        )
     if "appsink" not in pipeline:
         raise UsageError(
             f"GStreamer pipeline '{pipeline}' must end in an appsink that gives BGR frames, e.g. "
@@ -528,7 +547,9 @@ def parse_source_spec(spec: str) -> SourceSpec:
     if "!" in text and ("appsink" in text or " " in text):
         return SourceSpec("gstreamer", text, source_id or "gstreamer")
     if scheme:
-        raise UsageError(f"Unsupported stream scheme '{scheme}://' in '{spec}'; use one of {URL_SCHEMES}.")
+        raise UsageError(
+            f"Unsupported stream scheme '{scheme}://' in '{spec}'; use one of {URL_SCHEMES}."
+        )
     raise UsageError(
         f"Source '{spec}' is not an existing file or folder, a camera index (0, /dev/video0), a URL "
         f"({', '.join(s + '://' for s in URL_SCHEMES[:4])}...) or a GStreamer pipeline ending in appsink."
@@ -553,7 +574,9 @@ def open_source(
     return LiveSource(parsed.target, sid, parsed.kind, reconnect=reconnect)
 
 
-def open_sources(specs: Sequence[str], loop: bool = False, reconnect: ReconnectPolicy | None = None) -> list[Source]:
+def open_sources(
+    specs: Sequence[str], loop: bool = False, reconnect: ReconnectPolicy | None = None
+) -> list[Source]:
     """Build sources for several specs, making their ids unique (``name``, ``name-2``, ...)."""
     sources: list[Source] = []
     seen: dict[str, int] = {}

@@ -41,7 +41,13 @@ import numpy as np
 from fmabs_edge.artefacts import write_bytes_atomic, write_text_atomic
 from fmabs_edge.errors import DataError, FmabsError, UsageError
 from fmabs_edge.metadata import ScoringConfig, sha256_file
-from fmabs_edge.runtime.camera_config import CameraConfig, CameraConfigs, CameraView, FrameGeometry, load_camera_configs
+from fmabs_edge.runtime.camera_config import (
+    CameraConfig,
+    CameraConfigs,
+    CameraView,
+    FrameGeometry,
+    load_camera_configs,
+)
 from fmabs_edge.runtime.runners import Runner
 from fmabs_edge.runtime.sources import Frame, ReconnectPolicy, Source, SourceNote, open_sources
 
@@ -92,8 +98,12 @@ class Region:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "x": self.x, "y": self.y, "width": self.width, "height": self.height,
-            "area": self.area, "peak_score": round(self.peak_score, 6),
+            "x": self.x,
+            "y": self.y,
+            "width": self.width,
+            "height": self.height,
+            "area": self.area,
+            "peak_score": round(self.peak_score, 6),
         }
 
 
@@ -157,7 +167,9 @@ def find_regions(
         above &= valid
     if not above.any():
         return [], 0
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        above.astype(np.uint8), connectivity=8
+    )
     regions = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
@@ -239,7 +251,14 @@ class _SourceStats:
 class _Lane:
     """A source, its reader thread and its bounded queue (guarded by the stream's condition)."""
 
-    def __init__(self, source: Source, view: CameraView, point: OperatingPoint, capacity: int, cond: threading.Condition):
+    def __init__(
+        self,
+        source: Source,
+        view: CameraView,
+        point: OperatingPoint,
+        capacity: int,
+        cond: threading.Condition,
+    ) -> None:
         self.source = source
         self.view = view
         self.point = point
@@ -258,7 +277,11 @@ class _Lane:
             if self.closed:
                 return
             if item.scorable:
-                while self.waiting >= self.capacity and not self.source.live and not self.stop.is_set():
+                while (
+                    self.waiting >= self.capacity
+                    and not self.source.live
+                    and not self.stop.is_set()
+                ):
                     self.cond.wait(0.05)
                 if self.stop.is_set():
                     _unscore(item, "stopped", "run stopped before inference")
@@ -271,7 +294,11 @@ class _Lane:
     def _drop_oldest(self) -> None:
         for old in self.items:
             if old.scorable:
-                _unscore(old, "dropped", f"dropped: inference fell behind the source (queue of {self.capacity} full)")
+                _unscore(
+                    old,
+                    "dropped",
+                    f"dropped: inference fell behind the source (queue of {self.capacity} full)",
+                )
                 self.waiting -= 1
                 return
 
@@ -354,7 +381,12 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def overlay(rgb: np.ndarray, event: dict[str, Any], inspection: Inspection | None, geometry: FrameGeometry | None) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray,
+    event: dict[str, Any],
+    inspection: Inspection | None,
+    geometry: FrameGeometry | None,
+) -> np.ndarray:
     """A BGR picture of the frame with the map above half the pixel threshold, boxes and decision."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if inspection is not None and geometry is not None:
@@ -373,14 +405,27 @@ def overlay(rgb: np.ndarray, event: dict[str, Any], inspection: Inspection | Non
             patch[~geometry.valid] = (patch[~geometry.valid] * 0.4).astype(np.uint8)
         cv2.rectangle(bgr, (x, y), (x + w - 1, y + h - 1), (255, 128, 0), 1)
         for region in inspection.regions:
-            cv2.rectangle(bgr, (region.x, region.y), (region.x + region.width - 1, region.y + region.height - 1),
-                          (0, 0, 255), 1)
+            cv2.rectangle(
+                bgr,
+                (region.x, region.y),
+                (region.x + region.width - 1, region.y + region.height - 1),
+                (0, 0, 255),
+                1,
+            )
     colours = {"pass": (0, 200, 0), "reject": (0, 0, 255), "not_inspected": (0, 200, 255)}
     score = event["image_score"]
     label = event["decision"].upper().replace("_", " ") + ("" if score is None else f" {score:.3g}")
     scale = max(0.4, bgr.shape[1] / 1000.0)
-    cv2.putText(bgr, label, (3, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, colours[event["decision"]],
-                max(1, int(scale * 2)), cv2.LINE_AA)
+    cv2.putText(
+        bgr,
+        label,
+        (3, int(14 * scale / 0.4)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        colours[event["decision"]],
+        max(1, int(scale * 2)),
+        cv2.LINE_AA,
+    )
     return bgr
 
 
@@ -398,9 +443,13 @@ class _VideoSinks:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{source_id}.avi"
             size = (bgr.shape[1], bgr.shape[0])
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps.get(source_id) or 25.0, size)
+            writer = cv2.VideoWriter(
+                str(path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps.get(source_id) or 25.0, size
+            )
             if not writer.isOpened():
-                raise DataError(f"Cannot write the overlay video {path} (OpenCV has no MJPG writer?).")
+                raise DataError(
+                    f"Cannot write the overlay video {path} (OpenCV has no MJPG writer?)."
+                )
             self.writers[source_id] = (writer, size)
             self.paths.append(path)
         writer, size = self.writers[source_id]
@@ -414,13 +463,22 @@ class _VideoSinks:
         self.writers.clear()
 
 
-def _save_reject(folder: Path, event: dict[str, Any], rgb: np.ndarray, picture: np.ndarray, inspection: Inspection,
-                 geometry: FrameGeometry) -> None:
+def _save_reject(
+    folder: Path,
+    event: dict[str, Any],
+    rgb: np.ndarray,
+    picture: np.ndarray,
+    inspection: Inspection,
+    geometry: FrameGeometry,
+) -> None:
     """Write ``<frame>.png`` (the frame), ``<frame>_overlay.png``, ``<frame>_map.npy`` (float32 in
     ROI pixels, NaN where ignored) and ``<frame>.json`` (the event) under ``folder/<source>/``."""
     stem = folder / event["source"] / f"{event['frame']:08d}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, image in ((".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)), ("_overlay.png", picture)):
+    for suffix, image in (
+        (".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)),
+        ("_overlay.png", picture),
+    ):
         ok, encoded = cv2.imencode(".png", image)
         if ok:
             write_bytes_atomic(stem.with_name(stem.name + suffix), encoded.tobytes())
@@ -487,8 +545,14 @@ class StreamSummary:
 class _Stream:
     """One streaming run; see :func:`run_stream`."""
 
-    def __init__(self, runner: Runner, sources: Sequence[Source], configs: CameraConfigs, options: StreamOptions,
-                 stop_event: threading.Event | None):
+    def __init__(
+        self,
+        runner: Runner,
+        sources: Sequence[Source],
+        configs: CameraConfigs,
+        options: StreamOptions,
+        stop_event: threading.Event | None,
+    ):
         if not sources:
             raise UsageError("Streaming needs at least one source.")
         ids = [s.source_id for s in sources]
@@ -505,8 +569,12 @@ class _Stream:
             raise UsageError(f"queue_size must be at least 1, got {options.queue_size}.")
         batch = options.batch_size or runner.max_batch or 8
         if runner.max_batch and batch > runner.max_batch:
-            logger.warning("batch size %d is above the model's max batch %d; using %d", batch, runner.max_batch,
-                           runner.max_batch)
+            logger.warning(
+                "batch size %d is above the model's max batch %d; using %d",
+                batch,
+                runner.max_batch,
+                runner.max_batch,
+            )
             batch = runner.max_batch
         if options.display:
             _check_display()
@@ -518,9 +586,13 @@ class _Stream:
         self.model_hash = runner.model_hash or sha256_file(runner.path)
         configs.warn_unused(ids)
         self.lanes = [
-            _Lane(source, CameraView(configs.for_source(source.source_id), source.source_id),
-                  self._operating_point(configs.for_source(source.source_id), source.source_id),
-                  options.queue_size, self.cond)
+            _Lane(
+                source,
+                CameraView(configs.for_source(source.source_id), source.source_id),
+                self._operating_point(configs.for_source(source.source_id), source.source_id),
+                options.queue_size,
+                self.cond,
+            )
             for source in sources
         ]
         self.stats = {s.source_id: _SourceStats() for s in sources}
@@ -530,13 +602,16 @@ class _Stream:
         self.error: BaseException | None = None
 
     def _operating_point(self, config: CameraConfig, source_id: str) -> OperatingPoint:
-        image = self.options.threshold if self.options.threshold is not None else config.image_threshold
+        image = (
+            self.options.threshold if self.options.threshold is not None else config.image_threshold
+        )
         if image is None:
             image = self.runner.metadata.threshold
         if not math.isfinite(image):
             logger.warning(
                 "%s: no decision threshold (the model's is unset); every finite score passes. Fit one with "
-                "'fmabs-edge threshold' or set image_threshold in the camera configuration.", source_id,
+                "'fmabs-edge threshold' or set image_threshold in the camera configuration.",
+                source_id,
             )
         pixel = config.pixel_threshold if config.pixel_threshold is not None else image
         return OperatingPoint(float(image), float(pixel), config.min_defect_area)
@@ -554,7 +629,9 @@ class _Stream:
                 lane.put(self._prepare(lane, frame))
                 count += 1
                 if limit is not None and count >= limit:
-                    final_note = SourceNote(source.source_id, "ended", f"max_frames={limit} reached")
+                    final_note = SourceNote(
+                        source.source_id, "ended", f"max_frames={limit} reached"
+                    )
                     break
             frames.close()
         except FmabsError as err:
@@ -567,7 +644,9 @@ class _Stream:
 
     def _prepare(self, lane: _Lane, frame: Frame) -> _Item:
         if frame.rgb is None:
-            return _Item(frame, cause="undecodable", reason=frame.problem or "frame could not be decoded")
+            return _Item(
+                frame, cause="undecodable", reason=frame.problem or "frame could not be decoded"
+            )
         try:
             geometry = lane.view.geometry(frame.rgb.shape[:2])
             model_input = geometry.to_model(frame.rgb, self.runner.image_size)
@@ -594,8 +673,11 @@ class _Stream:
             for source in opened:
                 source.close()
             raise
-        videos = _VideoSinks(out_dir / "videos", {l.source.source_id: l.source.fps for l in self.lanes}) \
-            if self.options.save_video else None
+        videos = (
+            _VideoSinks(out_dir / "videos", {l.source.source_id: l.source.fps for l in self.lanes})
+            if self.options.save_video
+            else None
+        )
         handle: TextIO | None = None
         restore = self._install_signals()
         started = time.monotonic()
@@ -606,8 +688,12 @@ class _Stream:
                 handle = open(jsonl_path, "w", buffering=1 << 16)
             for lane in self.lanes:
                 lane.source.notify = lambda note, lane=lane: lane.put(_Item(note=note))
-                lane.thread = threading.Thread(target=self._read, args=(lane,), name=f"fmabs-read-{lane.source.source_id}",
-                                               daemon=True)
+                lane.thread = threading.Thread(
+                    target=self._read,
+                    args=(lane,),
+                    name=f"fmabs-read-{lane.source.source_id}",
+                    daemon=True,
+                )
                 lane.thread.start()
             rotation = 0
             while True:
@@ -649,7 +735,9 @@ class _Stream:
                 self.cond.wait(0.05)
             taken: list[tuple[_Lane, _Item]] = []
             scorable, progress = 0, True
-            order = self.lanes[rotation % len(self.lanes):] + self.lanes[: rotation % len(self.lanes)]
+            order = (
+                self.lanes[rotation % len(self.lanes) :] + self.lanes[: rotation % len(self.lanes)]
+            )
             while progress and scorable < self.batch_size:
                 progress = False
                 for lane in order:
@@ -663,18 +751,27 @@ class _Stream:
             self.cond.notify_all()
             return taken
 
-    def _process(self, taken: list[tuple[_Lane, _Item]], handle: TextIO | None, videos: _VideoSinks | None,
-                 out_dir: Path | None) -> None:
+    def _process(
+        self,
+        taken: list[tuple[_Lane, _Item]],
+        handle: TextIO | None,
+        videos: _VideoSinks | None,
+        out_dir: Path | None,
+    ) -> None:
         batch = [item for _, item in taken if item.scorable]
         result, inference_ms = None, None
         if batch:
             started = time.perf_counter()
             try:
                 result = self.runner.infer(np.stack([item.model_input for item in batch]))
-            except Exception as err:  # any backend failure: report the batch, stop, re-raise at the end
+            except (
+                Exception
+            ) as err:  # any backend failure: report the batch, stop, re-raise at the end
                 logger.error("inference failed: %s", err)
                 for item in batch:
-                    _unscore(item, "inference_error", f"inference failed: {type(err).__name__}: {err}")
+                    _unscore(
+                        item, "inference_error", f"inference failed: {type(err).__name__}: {err}"
+                    )
                 self.stop.set()
                 self.stopped_by = self.stopped_by or "inference_error"
                 self.error = err
@@ -690,22 +787,40 @@ class _Stream:
             inspection = None
             if item.scorable and result is not None:
                 inspection = inspect_map(
-                    result.anomaly_map[position, 0], float(result.image_score[position]), item.geometry,
-                    lane.point, metadata.scoring, metadata.decide, self.options.max_regions,
+                    result.anomaly_map[position, 0],
+                    float(result.image_score[position]),
+                    item.geometry,
+                    lane.point,
+                    metadata.scoring,
+                    metadata.decide,
+                    self.options.max_regions,
                 )
                 position += 1
-            event = frame_event(item, self.model_hash, lane.point, inspection,
-                                inference_ms if inspection else None,
-                                (self.n_batches - 1, len(batch)) if inspection else None)
+            event = frame_event(
+                item,
+                self.model_hash,
+                lane.point,
+                inspection,
+                inference_ms if inspection else None,
+                (self.n_batches - 1, len(batch)) if inspection else None,
+            )
             self._count(event)
             if handle is not None:
                 handle.write(json.dumps(event) + "\n")
             self._outputs(item, event, inspection, videos, out_dir)
 
-    def _outputs(self, item: _Item, event: dict[str, Any], inspection: Inspection | None, videos: _VideoSinks | None,
-                 out_dir: Path | None) -> None:
+    def _outputs(
+        self,
+        item: _Item,
+        event: dict[str, Any],
+        inspection: Inspection | None,
+        videos: _VideoSinks | None,
+        out_dir: Path | None,
+    ) -> None:
         rgb = item.frame.rgb
-        if rgb is None or not (videos or self.options.display or (self.options.save_rejects and inspection)):
+        if rgb is None or not (
+            videos or self.options.display or (self.options.save_rejects and inspection)
+        ):
             return
         picture = overlay(rgb, event, inspection, item.geometry)
         if videos is not None:
@@ -727,10 +842,20 @@ class _Stream:
         elif note.kind in ("ended", "failed"):
             stats.status = note.kind
         if handle is not None:
-            handle.write(json.dumps({
-                "event": "source", "source": note.source_id, "kind": note.kind, "message": note.message,
-                "attempt": note.attempt, "retry_in_s": note.retry_in_s, "time_unix": round(note.at_unix, 3),
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "event": "source",
+                        "source": note.source_id,
+                        "kind": note.kind,
+                        "message": note.message,
+                        "attempt": note.attempt,
+                        "retry_in_s": note.retry_in_s,
+                        "time_unix": round(note.at_unix, 3),
+                    }
+                )
+                + "\n"
+            )
 
     def _count(self, event: dict[str, Any]) -> None:
         stats = self.stats[event["source"]]
@@ -749,14 +874,19 @@ class _Stream:
     # -- stopping ------------------------------------------------------------------------------
 
     def _install_signals(self) -> Callable[[], None]:
-        if not self.options.handle_signals or threading.current_thread() is not threading.main_thread():
+        if (
+            not self.options.handle_signals
+            or threading.current_thread() is not threading.main_thread()
+        ):
             return lambda: None
         previous = {}
 
         def handler(signum: int, _frame: Any) -> None:
             name = signal.Signals(signum).name
             if not self.stop.is_set():
-                logger.warning("%s received: stopping; waiting frames are reported as not inspected", name)
+                logger.warning(
+                    "%s received: stopping; waiting frames are reported as not inspected", name
+                )
             self.stopped_by = self.stopped_by or name
             self.stop.set()
 
@@ -769,7 +899,9 @@ class _Stream:
 
         return restore
 
-    def _shutdown(self, handle: TextIO | None, videos: _VideoSinks | None, out_dir: Path | None) -> None:
+    def _shutdown(
+        self, handle: TextIO | None, videos: _VideoSinks | None, out_dir: Path | None
+    ) -> None:
         """Stop the readers, report every frame still queued as not inspected, close outputs."""
         if self.stop.is_set() and self.stopped_by is None:
             self.stopped_by = "stop_event"
@@ -782,8 +914,11 @@ class _Stream:
             if lane.thread is not None:
                 lane.thread.join(self.options.stop_join_s)
                 if lane.thread.is_alive():
-                    logger.warning("%s: reader still blocked after %.1f s; leaving it", lane.source.source_id,
-                                   self.options.stop_join_s)
+                    logger.warning(
+                        "%s: reader still blocked after %.1f s; leaving it",
+                        lane.source.source_id,
+                        self.options.stop_join_s,
+                    )
         with self.cond:
             leftovers = []
             for lane in self.lanes:
@@ -807,24 +942,41 @@ class _Stream:
                 if self.stats[lane.source.source_id].status == "running":
                     self.stats[lane.source.source_id].status = "stopped"
 
-    def _summary(self, duration_s: float, jsonl: Path | None, videos: _VideoSinks | None,
-                 out_dir: Path | None) -> dict[str, Any]:
+    def _summary(
+        self,
+        duration_s: float,
+        jsonl: Path | None,
+        videos: _VideoSinks | None,
+        out_dir: Path | None,
+    ) -> dict[str, Any]:
         per_source = {}
         for lane in self.lanes:
             sid = lane.source.source_id
             s = self.stats[sid]
-            span = (s.last_monotonic - s.first_monotonic) if s.first_monotonic and s.last_monotonic else 0.0
+            span = (
+                (s.last_monotonic - s.first_monotonic)
+                if s.first_monotonic and s.last_monotonic
+                else 0.0
+            )
             per_source[sid] = {
                 "kind": lane.source.kind,
-                "frames_in": s.frames_in, "scored": s.scored, "rejected": s.rejected,
-                "not_inspected": s.not_inspected, "not_inspected_causes": dict(s.causes),
-                "reject_rate": _rate(s.rejected, s.scored), "not_inspected_rate": _rate(s.not_inspected, s.frames_in),
-                "disconnects": s.disconnects, "reconnects": s.reconnects, "status": s.status,
+                "frames_in": s.frames_in,
+                "scored": s.scored,
+                "rejected": s.rejected,
+                "not_inspected": s.not_inspected,
+                "not_inspected_causes": dict(s.causes),
+                "reject_rate": _rate(s.rejected, s.scored),
+                "not_inspected_rate": _rate(s.not_inspected, s.frames_in),
+                "disconnects": s.disconnects,
+                "reconnects": s.reconnects,
+                "status": s.status,
                 "frames_per_s": round(s.frames_in / span, 3) if span > 0 else None,
                 "threshold": _finite_or_none(lane.point.image_threshold),
             }
-        totals = {key: sum(p[key] for p in per_source.values())
-                  for key in ("frames_in", "scored", "rejected", "not_inspected")}
+        totals = {
+            key: sum(p[key] for p in per_source.values())
+            for key in ("frames_in", "scored", "rejected", "not_inspected")
+        }
         causes: collections.Counter = collections.Counter()
         for s in self.stats.values():
             causes.update(s.causes)
@@ -835,9 +987,15 @@ class _Stream:
             "not_inspected_causes": dict(causes),
             "duration_s": round(duration_s, 3),
             "scored_per_s": round(totals["scored"] / duration_s, 3) if duration_s > 0 else None,
-            "latency_ms_p50": round(float(np.percentile(latencies, 50)), 3) if latencies.size else None,
-            "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3) if latencies.size else None,
-            "inference_ms_mean": round(1000 * self.inference_s / self.n_batches, 3) if self.n_batches else None,
+            "latency_ms_p50": (
+                round(float(np.percentile(latencies, 50)), 3) if latencies.size else None
+            ),
+            "latency_ms_p95": (
+                round(float(np.percentile(latencies, 95)), 3) if latencies.size else None
+            ),
+            "inference_ms_mean": (
+                round(1000 * self.inference_s / self.n_batches, 3) if self.n_batches else None
+            ),
             "batch_size": self.batch_size,
             "n_batches": self.n_batches,
             "stopped_by": self.stopped_by,
@@ -846,7 +1004,11 @@ class _Stream:
             "backend": self.runner.backend,
             "jsonl": None if jsonl is None else str(jsonl),
             "videos": [str(p) for p in videos.paths] if videos is not None else [],
-            "rejects_dir": str(out_dir / "rejects") if self.options.save_rejects and out_dir is not None else None,
+            "rejects_dir": (
+                str(out_dir / "rejects")
+                if self.options.save_rejects and out_dir is not None
+                else None
+            ),
             "sources": per_source,
         }
 
@@ -869,7 +1031,9 @@ def run_stream(
     opened here (an unreadable input raises before any work) and closed at the end. Returns the
     summary (also in ``out_dir/summary.json`` and the event file's last line).
     """
-    stream = _Stream(runner, sources, configs or CameraConfigs(), options or StreamOptions(), stop_event)
+    stream = _Stream(
+        runner, sources, configs or CameraConfigs(), options or StreamOptions(), stop_event
+    )
     return stream.run()
 
 

@@ -24,7 +24,9 @@ from fmabs_edge.runtime.engine_manifest import (  # noqa: E402
     write_manifest,
 )
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]"
+)
 text_format = pytest.importorskip("google.protobuf.text_format")
 
 ONNX_TYPES = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}
@@ -42,12 +44,19 @@ def assert_matches_onnx(config, onnx_path: Path) -> None:
         assert set(by_name) == {i.name for i in infos}
         for info in infos:
             entry = by_name[info.name]
-            assert model_config_pb2.DataType.Name(entry.data_type) == ONNX_TYPES[info.type.tensor_type.elem_type]
+            assert (
+                model_config_pb2.DataType.Name(entry.data_type)
+                == ONNX_TYPES[info.type.tensor_type.elem_type]
+            )
             dims = [d.dim_value for d in info.type.tensor_type.shape.dim][1:]
             if dims:
                 assert list(entry.dims) == dims
             else:  # the rank-1 score: one dim, reshaped away for the model
-                assert list(entry.dims) == [1] and entry.HasField("reshape") and list(entry.reshape.shape) == []
+                assert (
+                    list(entry.dims) == [1]
+                    and entry.HasField("reshape")
+                    and list(entry.reshape.shape) == []
+                )
 
 
 @pytest.fixture
@@ -56,7 +65,9 @@ def onnx_model(tmp_path) -> Path:
 
 
 def test_onnx_repository(tmp_path, onnx_model):
-    result = export_triton(onnx_model, tmp_path / "repo", name="bottle", preferred_batch_sizes=[4, 8])
+    result = export_triton(
+        onnx_model, tmp_path / "repo", name="bottle", preferred_batch_sizes=[4, 8]
+    )
     model_dir = tmp_path / "repo" / "bottle"
     assert result.model_dir == model_dir
     assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_model.read_bytes()
@@ -68,7 +79,9 @@ def test_onnx_repository(tmp_path, onnx_model):
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 100
     params = {k: v.string_value for k, v in config.parameters.items()}
-    assert float(params["fmabs_edge.threshold"]) == 6.0 == float(params["fmabs_edge.pixel_threshold"])
+    assert (
+        float(params["fmabs_edge.threshold"]) == 6.0 == float(params["fmabs_edge.pixel_threshold"])
+    )
     assert params["fmabs_edge.min_defect_area"] == "0"
     assert params["fmabs_edge.model_hash"] == graph_sha256(onnx.load(str(onnx_model)))
     assert not config.instance_group  # auto: Triton places it
@@ -86,7 +99,9 @@ def test_check_config_finds_mismatches(tmp_path, onnx_model):
     config.output[1].ClearField("reshape")
     config.input[0].dims[:] = [1, 64, 64, 3]
     problems = check_config(config, io)
-    assert any("reshape" in p for p in problems) and any("dims [1, 64, 64, 3]" in p for p in problems)
+    assert any("reshape" in p for p in problems) and any(
+        "dims [1, 64, 64, 3]" in p for p in problems
+    )
 
 
 def test_existing_model_is_replaced_only_when_asked(tmp_path, onnx_model):
@@ -97,19 +112,27 @@ def test_existing_model_is_replaced_only_when_asked(tmp_path, onnx_model):
     assert parse(tmp_path / "repo" / "m" / "config.pbtxt").max_batch_size == 2
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m"]
     with pytest.raises(UsageError, match="1..2"):
-        export_triton(onnx_model, tmp_path / "repo", name="n", max_batch_size=2, preferred_batch_sizes=[4])
+        export_triton(
+            onnx_model, tmp_path / "repo", name="n", max_batch_size=2, preferred_batch_sizes=[4]
+        )
 
 
-def make_engine(tmp_path: Path, onnx_path: Path, min_batch: int = 1, trt_version: str = "10.3.0.30") -> Path:
+def make_engine(
+    tmp_path: Path, onnx_path: Path, min_batch: int = 1, trt_version: str = "10.3.0.30"
+) -> Path:
     """A stand-in engine file with the manifest 'fmabs-edge build' writes beside real ones."""
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real plan" * 64)
     graph = onnx.load(str(onnx_path))
     manifest = EngineManifest(
-        engine_file=engine.name, engine_sha256=sha256_file(engine), engine_nbytes=engine.stat().st_size,
+        engine_file=engine.name,
+        engine_sha256=sha256_file(engine),
+        engine_nbytes=engine.stat().st_size,
         built_on=Platform(tensorrt_version=trt_version, compute_capability="8.7", gpu_name="Orin"),
-        profile=EngineProfile(min_batch, 4, 16, input_hw=(64, 64)), precision="fp16",
-        onnx_path=str(onnx_path), onnx_graph_sha256=graph_sha256(graph),
+        profile=EngineProfile(min_batch, 4, 16, input_hw=(64, 64)),
+        precision="fp16",
+        onnx_path=str(onnx_path),
+        onnx_graph_sha256=graph_sha256(graph),
         metadata=read_metadata(graph, "test").to_dict(),
     )
     write_manifest(manifest, manifest_path(engine))
@@ -118,7 +141,9 @@ def make_engine(tmp_path: Path, onnx_path: Path, min_batch: int = 1, trt_version
 
 def test_plan_repository_and_its_checks(tmp_path, onnx_model):
     engine = make_engine(tmp_path, onnx_model)
-    result = export_triton(engine, tmp_path / "repo", name="plan", triton_tensorrt_version="10.3.0.30")
+    result = export_triton(
+        engine, tmp_path / "repo", name="plan", triton_tensorrt_version="10.3.0.30"
+    )
     config = parse(tmp_path / "repo" / "plan" / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
     assert (tmp_path / "repo" / "plan" / "1" / "model.plan").read_bytes() == engine.read_bytes()
@@ -151,8 +176,21 @@ def test_plan_profile_must_start_at_one_and_file_must_match(tmp_path, onnx_model
 def test_cli_export_triton(tmp_path, onnx_model):
     from fmabs_edge.cli import main
 
-    result = CliRunner().invoke(main, ["export-triton", str(onnx_model), "--out", str(tmp_path / "repo"),
-                                       "--name", "cli", "--preferred-batch-size", "2", "--max-batch-size", "4"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export-triton",
+            str(onnx_model),
+            "--out",
+            str(tmp_path / "repo"),
+            "--name",
+            "cli",
+            "--preferred-batch-size",
+            "2",
+            "--max-batch-size",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = parse(tmp_path / "repo" / "cli" / "config.pbtxt")
     assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [2]

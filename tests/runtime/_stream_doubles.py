@@ -23,7 +23,9 @@ BRIGHTNESS_SCALE = 10.0
 
 
 def brightness_metadata(size: int, threshold: float) -> ModelMetadata:
-    metadata = ModelMetadata(model=ModelConfig(image_size=size), threshold=threshold, threshold_rule="test")
+    metadata = ModelMetadata(
+        model=ModelConfig(image_size=size), threshold=threshold, threshold_rule="test"
+    )
     return metadata
 
 
@@ -65,8 +67,15 @@ class BrightnessRunner(Runner):
 
     backend = "fake"
 
-    def __init__(self, path: Path, size: int = 32, threshold: float = 6.0, max_batch: int | None = None,
-                 delay_s: float = 0.0, nan_marker: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        size: int = 32,
+        threshold: float = 6.0,
+        max_batch: int | None = None,
+        delay_s: float = 0.0,
+        nan_marker: int | None = None,
+    ) -> None:
         path.write_bytes(b"brightness")
         super().__init__(path, brightness_metadata(size, threshold), (size, size), max_batch)
         self.model_hash = "brightness-test"
@@ -105,8 +114,14 @@ class ScriptedSource(Source):
 
     kind = "fake"
 
-    def __init__(self, source_id: str, frames: Sequence[np.ndarray], delays_s: Sequence[float] | None = None,
-                 live: bool = False, loop_forever: bool = False) -> None:
+    def __init__(
+        self,
+        source_id: str,
+        frames: Sequence[np.ndarray],
+        delays_s: Sequence[float] | None = None,
+        live: bool = False,
+        loop_forever: bool = False,
+    ) -> None:
         super().__init__(f"fake:{source_id}", source_id)
         self._frames = list(frames)
         self._delays = list(delays_s) if delays_s is not None else [0.0] * len(self._frames)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -36,7 +35,10 @@ def test_spec_kinds(tmp_path):
         "rtsp://10.0.0.5:554/live?user=a&pw=b": ("url", "stream"),
         "left=rtsp://10.0.0.5/x": ("url", "left"),
         "v4l2src device=/dev/video0 ! videoconvert ! appsink": ("gstreamer", "gstreamer"),
-        "csi=nvarguscamerasrc ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! appsink": ("gstreamer", "csi"),
+        "csi=nvarguscamerasrc ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! appsink": (
+            "gstreamer",
+            "csi",
+        ),
     }
     for spec, (kind, sid) in cases.items():
         parsed = parse_source_spec(spec)
@@ -104,7 +106,9 @@ def test_live_source_reconnects_with_backoff():
         opens.append(1)
         return script.pop(0) if script else None
 
-    source = LiveSource("rtsp://fake/x", "cam", "url", ReconnectPolicy(0.001, 2.0, 0.004, max_attempts=3), opener)
+    source = LiveSource(
+        "rtsp://fake/x", "cam", "url", ReconnectPolicy(0.001, 2.0, 0.004, max_attempts=3), opener
+    )
     notes = []
     source.notify = notes.append
     source.open()
@@ -112,8 +116,17 @@ def test_live_source_reconnects_with_backoff():
     assert [f.index for f in frames] == [0, 1, 2, 3, 4]
     assert [int(f.rgb[0, 0, 0]) for f in frames] == [0, 1, 2, 3, 4]
     kinds = [n.kind for n in notes]
-    assert kinds == ["disconnected", "reconnect_failed", "reconnect_failed", "reconnected",
-                     "disconnected", "reconnect_failed", "reconnect_failed", "reconnect_failed", "failed"]
+    assert kinds == [
+        "disconnected",
+        "reconnect_failed",
+        "reconnect_failed",
+        "reconnected",
+        "disconnected",
+        "reconnect_failed",
+        "reconnect_failed",
+        "reconnect_failed",
+        "failed",
+    ]
     assert [n.attempt for n in notes if n.kind == "reconnect_failed"] == [1, 2, 1, 2, 3]
     assert notes[3].attempt == 3
     assert notes[1].retry_in_s == pytest.approx(0.002) and notes[-2].retry_in_s is None
@@ -138,6 +151,7 @@ def test_gstreamer_needs_an_opencv_with_gstreamer(monkeypatch):
 
 def test_this_opencv_reports_its_gstreamer_support():
     expected = any(
-        line.strip().startswith("GStreamer:") and "YES" in line for line in cv2.getBuildInformation().splitlines()
+        line.strip().startswith("GStreamer:") and "YES" in line
+        for line in cv2.getBuildInformation().splitlines()
     )
     assert sources_module.gstreamer_available() is expected

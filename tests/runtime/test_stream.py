@@ -40,8 +40,12 @@ def read_events(path: Path) -> list[dict]:
 
 def overlaps(region: dict, box: tuple[int, int, int, int]) -> bool:
     x, y, w, h = box
-    return (region["x"] < x + w and x < region["x"] + region["width"]
-            and region["y"] < y + h and y < region["y"] + region["height"])
+    return (
+        region["x"] < x + w
+        and x < region["x"] + region["width"]
+        and region["y"] < y + h
+        and y < region["y"] + region["height"]
+    )
 
 
 def frame_kind(index: int) -> str:
@@ -77,7 +81,9 @@ def test_video_two_sources_one_batch_ort(tmp_path, line_video):
 
     for source in ("left", "right"):
         mine = [e for e in frames if e["source"] == source]
-        assert [e["frame"] for e in mine] == list(range(N_FRAMES)), "every frame exactly once, in order"
+        assert [e["frame"] for e in mine] == list(
+            range(N_FRAMES)
+        ), "every frame exactly once, in order"
         for e in mine:
             kind = frame_kind(e["frame"])
             hidden = kind == "B" and source == "right"
@@ -96,7 +102,9 @@ def test_video_two_sources_one_batch_ort(tmp_path, line_video):
     for e in frames:
         by_batch.setdefault(e["batch_index"], set()).add(e["source"])
         assert e["batch_size"] <= 4
-    assert sum(1 for s in by_batch.values() if s == {"left", "right"}) > N_FRAMES / 4, "sources share batches"
+    assert (
+        sum(1 for s in by_batch.values() if s == {"left", "right"}) > N_FRAMES / 4
+    ), "sources share batches"
 
     saved = sorted((tmp_path / "out" / "rejects" / "left").glob("*_map.npy"))
     assert len(saved) == summary.sources["left"]["rejected"] == 100
@@ -123,8 +131,11 @@ def test_nan_score_is_a_reject_with_reason(tmp_path):
     runner = BrightnessRunner(tmp_path / "fake.bin", size=32, nan_marker=7)
     poisoned = dark_frame(32, 32, 1)
     poisoned[0, 0] = 7
-    summary = run_stream(runner, [ScriptedSource("cam", [dark_frame(32, 32, 0), poisoned])],
-                         options=StreamOptions(jsonl=tmp_path / "e.jsonl"))
+    summary = run_stream(
+        runner,
+        [ScriptedSource("cam", [dark_frame(32, 32, 0), poisoned])],
+        options=StreamOptions(jsonl=tmp_path / "e.jsonl"),
+    )
     frames = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
     assert [e["decision"] for e in frames] == ["pass", "reject"]
     assert frames[1]["image_score"] is None and "non-finite" in frames[1]["reason"]
@@ -136,9 +147,15 @@ def test_min_defect_area_and_camera_threshold(tmp_path):
     large = with_defect(dark_frame(64, 64, 1), (30, 30, 12, 12))
     runner = BrightnessRunner(tmp_path / "fake.bin", size=64)
     configs = CameraConfigs(default=CameraConfig(min_defect_area=20, image_threshold=5.0))
-    run_stream(runner, [ScriptedSource("cam", [small, large])], configs, StreamOptions(jsonl=tmp_path / "e.jsonl"))
+    run_stream(
+        runner,
+        [ScriptedSource("cam", [small, large])],
+        configs,
+        StreamOptions(jsonl=tmp_path / "e.jsonl"),
+    )
     frames = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
-    assert frames[0]["decision"] == "pass" and "min_defect_area=20" in frames[0]["reason"] and frames[0]["image_score"] > 5.0
+    assert frames[0]["decision"] == "pass" and "min_defect_area=20" in frames[0]["reason"]
+    assert frames[0]["image_score"] > 5.0
     assert frames[1]["decision"] == "reject" and frames[1]["threshold"] == 5.0
     assert frames[1]["regions"][0]["area"] == 144
     assert math.isclose(frames[1]["regions"][0]["peak_score"], 10.0, rel_tol=1e-4)
@@ -153,7 +170,8 @@ def test_folder_with_corrupt_image_reports_not_inspected(tmp_path):
     runner = BrightnessRunner(tmp_path / "fake.bin", size=32)
     from fmabs_edge.runtime.sources import ImageFolderSource
 
-    summary = run_stream(runner, [ImageFolderSource(str(folder), "imgs")], options=StreamOptions(jsonl=tmp_path / "e.jsonl"))
+    options = StreamOptions(jsonl=tmp_path / "e.jsonl")
+    summary = run_stream(runner, [ImageFolderSource(str(folder), "imgs")], options=options)
     frames = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
     assert [e["status"] for e in frames] == ["scored", "not_inspected", "scored"]
     assert frames[1]["cause"] == "undecodable" and "1.png" in frames[1]["reason"]
@@ -171,14 +189,29 @@ def test_cli_run_streams_a_video_mixed_with_a_folder(tmp_path, line_video):
     cv2.imwrite(str(folder / "a.png"), dark_frame(40, 40, 0))
     config = tmp_path / "cams.yaml"
     config.write_text("cameras:\n  cam:\n    image_threshold: 20.0\n")
-    result = CliRunner().invoke(main, ["run", str(model), f"cam={line_video}", str(folder), "--out", str(tmp_path / "out"),
-                                       "--max-frames", "12", "--config", str(config), "--batch-size", "3"])
+    args = [
+        "run",
+        str(model),
+        f"cam={line_video}",
+        str(folder),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-frames",
+        "12",
+        "--config",
+        str(config),
+        "--batch-size",
+        "3",
+    ]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     events = read_events(tmp_path / "out" / "events.jsonl")
     frames = [e for e in events if e["event"] == "frame"]
     assert [e["frame"] for e in frames if e["source"] == "cam"] == list(range(12))
     assert [e["frame"] for e in frames if e["source"] == "imgs"] == [0]
-    assert all(e["decision"] == "pass" and e["threshold"] == 20.0 for e in frames if e["source"] == "cam")
+    assert all(
+        e["decision"] == "pass" and e["threshold"] == 20.0 for e in frames if e["source"] == "cam"
+    )
     assert max(e["batch_size"] for e in frames) <= 3
     assert "frames 13: scored 13" in result.output
 
@@ -197,7 +230,9 @@ def test_trained_graph_scores_match_the_runner(tmp_path, tiny_onnx, synthetic_ca
     sources = [VideoFileSource(str(video), "plain"), VideoFileSource(str(video), "masked")]
 
     with OrtRunner.open(tiny_onnx, intra_op_threads=1) as runner:
-        run_stream(runner, sources, configs, StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4))
+        run_stream(
+            runner, sources, configs, StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4)
+        )
         reference = runner.infer(decoded)
         threshold = runner.metadata.threshold
 
@@ -206,7 +241,11 @@ def test_trained_graph_scores_match_the_runner(tmp_path, tiny_onnx, synthetic_ca
     masked = [e for e in frames if e["source"] == "masked"]
     assert len(plain) == len(masked) == len(decoded) == 16
     for i, (p, m) in enumerate(zip(plain, masked)):
-        assert p["score_from"] == "graph" and p["image_score"] == pytest.approx(reference.image_score[i], rel=1e-4)
+        assert p["score_from"] == "graph" and p["image_score"] == pytest.approx(
+            reference.image_score[i], rel=1e-4
+        )
         assert p["decision"] == ("reject" if reference.image_score[i] > threshold else "pass")
         expected = reference.anomaly_map[i, 0][:, 32:].max()
-        assert m["score_from"] == "masked_map" and m["image_score"] == pytest.approx(expected, rel=1e-4)
+        assert m["score_from"] == "masked_map" and m["image_score"] == pytest.approx(
+            expected, rel=1e-4
+        )

@@ -42,7 +42,9 @@ def test_yaml_file_with_default_and_cameras(tmp_path):
     (tmp_path / "line.yaml").write_text(YAML)
     configs = load_camera_configs(tmp_path / "line.yaml")
     left, right = configs.for_source("left"), configs.for_source("right")
-    assert left.roi == (10, 20, 60, 40) and left.image_threshold == 2.5 and left.min_defect_area == 5
+    assert (
+        left.roi == (10, 20, 60, 40) and left.image_threshold == 2.5 and left.min_defect_area == 5
+    )
     assert left.ignore_mask == tmp_path / "masks" / "left.png" and len(left.ignore_polygons) == 1
     assert right.aspect == "stretch" and right.min_defect_area == 5 and right.roi is None
     assert configs.for_source("unknown") == configs.default
@@ -52,7 +54,10 @@ def test_yaml_file_with_default_and_cameras(tmp_path):
 def test_toml_file_and_flat_file(tmp_path):
     (tmp_path / "line.toml").write_text(TOML)
     configs = load_camera_configs(tmp_path / "line.toml")
-    assert configs.for_source("top").roi == (0, 0, 32, 16) and configs.for_source("top").pixel_threshold == 1.5
+    assert (
+        configs.for_source("top").roi == (0, 0, 32, 16)
+        and configs.for_source("top").pixel_threshold == 1.5
+    )
     (tmp_path / "flat.yml").write_text("image_threshold: 3\n")
     assert load_camera_configs(tmp_path / "flat.yml").for_source("any").image_threshold == 3.0
 
@@ -84,10 +89,16 @@ def test_pad_keeps_the_whole_part_and_maps_back():
     frame[4:24, 8:48] = 200  # exactly the ROI
     model_input = geometry.to_model(frame, 20)
     assert model_input.shape == (20, 20, 3)
-    assert model_input[:5].max() == 0 and model_input[15:].max() == 0 and model_input[5:15].min() == 200
+    assert (
+        model_input[:5].max() == 0
+        and model_input[15:].max() == 0
+        and model_input[5:15].min() == 200
+    )
 
     anomaly = np.zeros((20, 20), np.float32)
-    anomaly[8:12, 14:18] = 5.0  # model pixels -> ROI x 28..36, y 6..14 (scale 2, 10 px of padding on top)
+    anomaly[8:12, 14:18] = (
+        5.0  # model pixels -> ROI x 28..36, y 6..14 (scale 2, 10 px of padding on top)
+    )
     roi_map = geometry.map_to_roi(anomaly)
     assert roi_map.shape == (20, 40)
     ys, xs = np.nonzero(roi_map > 2.5)
@@ -95,7 +106,9 @@ def test_pad_keeps_the_whole_part_and_maps_back():
 
 
 def test_stretch_and_clipped_roi():
-    geometry = CameraView(CameraConfig(roi=(50, 0, 100, 10), aspect="stretch"), "cam").geometry((20, 80))
+    geometry = CameraView(CameraConfig(roi=(50, 0, 100, 10), aspect="stretch"), "cam").geometry(
+        (20, 80)
+    )
     assert geometry.roi == (50, 0, 30, 10) and geometry.padding == (0, 0, 0, 0)
     with pytest.raises(DataError, match="outside"):
         CameraView(CameraConfig(roi=(90, 0, 5, 5)), "cam").geometry((20, 80))
@@ -107,7 +120,9 @@ def test_ignore_mask_file_and_polygons(tmp_path):
     mask = np.zeros((20, 30), np.uint8)
     mask[:, 25:] = 255
     cv2.imwrite(str(tmp_path / "m.png"), mask)
-    config = CameraConfig(ignore_mask=tmp_path / "m.png", ignore_polygons=(((0, 0), (9, 0), (9, 9), (0, 9)),))
+    config = CameraConfig(
+        ignore_mask=tmp_path / "m.png", ignore_polygons=(((0, 0), (9, 0), (9, 9), (0, 9)),)
+    )
     valid = CameraView(config, "cam").geometry((20, 30)).valid
     assert not valid[:, 25:].any() and not valid[:10, :10].any() and valid[15, 15]
     with pytest.raises(DataError, match="frames are 40x20"):

@@ -33,12 +33,19 @@ def frame_indices(events: list[dict], source: str) -> list[int]:
 def test_disconnect_reconnect_while_others_keep_running(tmp_path):
     bgr = [np.full((32, 32, 3), 30, np.uint8)] * 6
     script = [FakeCapture(bgr[:4]), None, None, FakeCapture(bgr[4:])]
-    camera = LiveSource("rtsp://fake/cam", "cam", "url", ReconnectPolicy(0.01, 2.0, 0.05, max_attempts=3),
-                        opener=lambda: script.pop(0) if script else None)
+    camera = LiveSource(
+        "rtsp://fake/cam",
+        "cam",
+        "url",
+        ReconnectPolicy(0.01, 2.0, 0.05, max_attempts=3),
+        opener=lambda: script.pop(0) if script else None,
+    )
     other = ScriptedSource("other", [dark_frame(32, 32, i) for i in range(20)])
     runner = BrightnessRunner(tmp_path / "fake.bin", size=32)
 
-    summary = run_stream(runner, [camera, other], options=StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4))
+    summary = run_stream(
+        runner, [camera, other], options=StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4)
+    )
 
     events = read_events(tmp_path / "e.jsonl")
     assert frame_indices(events, "cam") == list(range(6))
@@ -47,8 +54,11 @@ def test_disconnect_reconnect_while_others_keep_running(tmp_path):
     assert cam_notes[:4] == ["disconnected", "reconnect_failed", "reconnect_failed", "reconnected"]
     assert cam_notes[-1] == "failed"  # the second disconnect is never answered
     cam = [(e["event"], e.get("kind"), e.get("frame")) for e in events if e.get("source") == "cam"]
-    assert cam.index(("frame", None, 3)) < cam.index(("source", "disconnected", None)) \
-        < cam.index(("frame", None, 4)), "notes sit between the frames they separate"
+    assert (
+        cam.index(("frame", None, 3))
+        < cam.index(("source", "disconnected", None))
+        < cam.index(("frame", None, 4))
+    ), "notes sit between the frames they separate"
     stats = summary.sources["cam"]
     assert (stats["disconnects"], stats["reconnects"], stats["status"]) == (2, 1, "failed")
     assert summary.sources["other"]["status"] == "ended" and summary.scored == 26
@@ -59,23 +69,34 @@ def test_stalled_source_does_not_stall_the_others(tmp_path):
     slow = ScriptedSource("slow", [dark_frame(32, 32, 0)] * 4, delays_s=[0.0, 0.0, 1.5, 0.0])
     runner = BrightnessRunner(tmp_path / "fake.bin", size=32)
 
-    run_stream(runner, [slow, fast], options=StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4, queue_size=2))
+    run_stream(
+        runner,
+        [slow, fast],
+        options=StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=4, queue_size=2),
+    )
 
     events = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
     order = [(e["source"], e["frame"]) for e in events]
     assert frame_indices(events, "fast") == list(range(40))
     assert frame_indices(events, "slow") == [0, 1, 2, 3]
-    assert order.index(("fast", 39)) < order.index(("slow", 2)), "fast finished while slow was stalled"
+    assert order.index(("fast", 39)) < order.index(
+        ("slow", 2)
+    ), "fast finished while slow was stalled"
 
 
 def test_full_queue_on_a_live_source_drops_with_events(tmp_path):
-    camera = ScriptedSource("cam", [dark_frame(32, 32, i % 3) for i in range(60)], delays_s=[0.002] * 60, live=True)
+    camera = ScriptedSource(
+        "cam", [dark_frame(32, 32, i % 3) for i in range(60)], delays_s=[0.002] * 60, live=True
+    )
     runner = BrightnessRunner(tmp_path / "fake.bin", size=32, delay_s=0.03)
 
-    summary = run_stream(runner, [camera], options=StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=2, queue_size=2))
+    options = StreamOptions(jsonl=tmp_path / "e.jsonl", batch_size=2, queue_size=2)
+    summary = run_stream(runner, [camera], options=options)
 
     events = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
-    assert frame_indices(events, "cam") == list(range(60)), "every frame once, in order, dropped or not"
+    assert frame_indices(events, "cam") == list(
+        range(60)
+    ), "every frame once, in order, dropped or not"
     dropped = [e for e in events if e["status"] == "not_inspected"]
     assert dropped and all(e["cause"] == "dropped" and e["image_score"] is None for e in dropped)
     assert summary.not_inspected == len(dropped) and summary.scored + len(dropped) == 60
@@ -92,13 +113,17 @@ def test_backend_failure_reports_the_batch_and_raises(tmp_path):
     runner = Failing(tmp_path / "fake.bin", size=32)
     source = ScriptedSource("cam", [dark_frame(32, 32, 0)] * 30)
     with pytest.raises(RuntimeError, match="device lost"):
-        run_stream(runner, [source], options=StreamOptions(out_dir=tmp_path, batch_size=2, queue_size=2))
+        run_stream(
+            runner, [source], options=StreamOptions(out_dir=tmp_path, batch_size=2, queue_size=2)
+        )
     events = read_events(tmp_path / "events.jsonl")
     frames = [e for e in events if e["event"] == "frame"]
     assert [e["frame"] for e in frames] == list(range(len(frames)))
     assert [e["cause"] for e in frames[4:6]] == ["inference_error"] * 2
     assert events[-1]["event"] == "summary" and events[-1]["stopped_by"] == "inference_error"
-    assert events[-1]["frames_in"] == len(frames) == events[-1]["scored"] + events[-1]["not_inspected"]
+    assert (
+        events[-1]["frames_in"] == len(frames) == events[-1]["scored"] + events[-1]["not_inspected"]
+    )
 
 
 def test_unreadable_video_fails_before_any_work(tmp_path):
@@ -127,7 +152,9 @@ print("stopped_by", summary.stopped_by)
 
 def test_sigterm_stops_cleanly_with_outputs_closed(tmp_path):
     script = SIGTERM_SCRIPT.format(here=str(HERE), out=str(tmp_path))
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     events_path = tmp_path / "events.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
