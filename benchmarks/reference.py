@@ -117,6 +117,23 @@ def count_macs(
         model = onnx.load(str(path))
     model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: dims are rewritten
     _fix_input_dims(model, batch_size, input_shape)
+    counted = _count_fixed(model, batch_size)
+    if counted.unresolved_nodes:
+        # Shapes computed through Transpose/Reshape of constants defeat ONNX's data propagation;
+        # ONNX Runtime's basic optimisation folds those constants (Conv work is left as it is).
+        folded = _fold_constants(model)
+        if folded is not None:
+            counted = _count_fixed(folded, batch_size)
+    if counted.unresolved_nodes:
+        logger.warning(
+            "%d nodes with unknown shapes left out of the operation count: %s",
+            len(counted.unresolved_nodes), counted.unresolved_nodes[:5],
+        )
+    return counted
+
+
+def _count_fixed(model: onnx.ModelProto, batch_size: int) -> MacCount:
+    """Count on a graph whose inputs have concrete dims."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as err:  # onnx raises InferenceError and others
@@ -139,9 +156,24 @@ def count_macs(
             continue
         total += macs
         by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
-    if unresolved:
-        logger.warning("%d nodes with unknown shapes left out of the operation count: %s", len(unresolved), unresolved[:5])
     return MacCount(total // batch_size, {k: v // batch_size for k, v in by_op.items()}, unresolved)
+
+
+def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The graph after ONNX Runtime's basic (constant-folding) optimisation; None if that fails."""
+    try:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as folder:
+            target = Path(folder) / "folded.onnx"
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.optimized_model_filepath = str(target)
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return onnx.load(str(target))
+    except Exception as err:  # onnxruntime raises its own types; counting is best effort
+        logger.debug("Constant folding for the operation count failed: %s", err)
+        return None
 
 
 def _known(shape: list[int | None] | None) -> bool:

@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from fmabs_edge.errors import CorruptImageError, ModelError, UsageError
 from fmabs_edge.metadata import sha256_file
 from fmabs_edge.runtime.preprocess import load_image
 from fmabs_edge.runtime.runners import BACKENDS, Runner, infer_backend, load_runner
+
+if TYPE_CHECKING:
+    from fmabs_edge.benchmarks.sweep import Sweep
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +282,7 @@ def run_benchmark(
     reference: str | Path | None = None,
     reference_shape: tuple[int, ...] | None = None,
     accuracy_axis: str = "image_auroc",
-    sweep: str | Path | None = None,
+    sweep: "str | Path | Sweep | None" = None,
     block_iterations: int = DEFAULT_BLOCK_ITERATIONS,
     max_images: int | None = None,
     cv_limit: float = DEFAULT_CV_LIMIT,
@@ -295,7 +298,8 @@ def run_benchmark(
     ``variants``: artefact paths (``NAME=PATH`` names one), VariantSpecs, open runners or
     TimedVariants (runners passed in are not closed). ``backend``: for ONNX files (ort, or trt to
     build/run engines). ``reference``: an external ONNX file timed in the inference stage alone
-    (``reference_shape`` if its input dims are dynamic). ``accuracy_axis``: image_auroc, pixel_auroc,
+    (``reference_shape`` if its input dims are dynamic). ``sweep``: a sweep file (or a parsed Sweep)
+    whose missing artefacts are made first. ``accuracy_axis``: image_auroc, pixel_auroc,
     aupro or f1_max for the plot. ``gemm_seconds`` 0 skips the GEMM peak. ``profile``: ORT profiler
     summary per ONNX variant at batch 1 in the report. ``clock``: seconds (tests pass a fake one).
     """
@@ -303,9 +307,10 @@ def run_benchmark(
         raise UsageError(f"accuracy_axis '{accuracy_axis}' is not one of {', '.join(report.ACCURACY_AXES)}.")
     items: list[VariantLike] = list(variants)
     if sweep is not None:
-        from fmabs_edge.benchmarks.sweep import load_sweep, prepare_sweep
+        from fmabs_edge.benchmarks.sweep import Sweep, load_sweep, prepare_sweep
 
-        items += prepare_sweep(load_sweep(sweep), default_data=Path(data), backend=backend)
+        plan = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
+        items += prepare_sweep(plan, default_data=Path(data), backend=backend)
     if not items and reference is None:
         raise UsageError("Nothing to benchmark: give artefacts, --sweep FILE or --reference FILE.")
     items = [parse_variant(item, backend) if isinstance(item, (str, Path)) else item for item in items]
