@@ -109,11 +109,21 @@ def threshold(model: Path, good: Path, max_false_reject: str, backend: str | Non
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
 @click.option("--check/--no-check", default=True, help="Compare ONNX Runtime with PyTorch after export [default: on].")
-def export(checkpoint: Path, out_path: Path, check: bool) -> None:
+@click.option(
+    "--input-size",
+    default=None,
+    help="Camera frame size WxH (e.g. 1920x1080), resized to S×S inside the graph; gate the variant with "
+    "converters.input_resize.gate_input_resize [default: none, S×S frames].",
+)
+def export(checkpoint: Path, out_path: Path, check: bool, input_size: str | None) -> None:
     """Export a checkpoint to one self-contained ONNX file (preprocessing and scoring inside)."""
     from fmabs_edge.converters.export import export_onnx
+    from fmabs_edge.converters.input_resize import add_input_resize, parse_input_size
 
+    camera_size = parse_input_size(input_size) if input_size is not None else None
     report = export_onnx(checkpoint, out_path, check=check)
+    if camera_size is not None:
+        report["input_resize"] = add_input_resize(out_path, out_path, *camera_size)
     _echo_json(report)
 
 
