@@ -31,7 +31,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
@@ -311,9 +311,12 @@ class _Lane:
 
 
 def _unscore(item: _Item, cause: str, reason: str) -> None:
-    """Turn a queued frame into a "not inspected" one and free its pixels for the queue bound."""
+    """Turn a queued frame into a "not inspected" one; a dropped frame also lets go of its pixels,
+    so that a stalled consumer holds at most ``queue_size`` frames per source, plus small markers."""
     item.model_input = None
     item.cause, item.reason = cause, reason
+    if cause == "dropped" and item.frame is not None:
+        item.frame = replace(item.frame, rgb=None)
 
 
 # ----------------------------------------------------------------------------------------------
