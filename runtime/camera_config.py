@@ -21,9 +21,10 @@ Geometry (what :class:`FrameGeometry` does for one frame size):
 
 1. crop the ROI (never beyond the frame), 2. pad it to a square with ``pad_value`` (centred; the
 part is never cropped away) or leave it for the stretch, 3. the one resize
-(:func:`fmabs_edge.runtime.preprocess.resize_to_model`) to ``S x S``. The anomaly map goes the other
-way: resized to the padded square, the padding cut off, giving a map in ROI (frame) pixels; the
-ignore mask then removes its pixels before the image decision and the defect regions are taken.
+(:func:`fmabs_edge.runtime.preprocess.resize_image`) to the runner's input: ``S x S``, or the
+camera size of a graph that resizes inside (``export --input-size``). The anomaly map goes the
+other way: resized to the padded square, the padding cut off, giving a map in ROI (frame) pixels;
+the ignore mask then removes its pixels before the image decision and the defect regions are taken.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import cv2
 import numpy as np
 
 from fmabs_edge.errors import CorruptImageError, DataError, UsageError
-from fmabs_edge.runtime.preprocess import load_image, resize_to_model
+from fmabs_edge.runtime.preprocess import load_image, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +263,8 @@ class FrameGeometry:
         full = self.roi == (0, 0, self.frame_hw[1], self.frame_hw[0])
         return full and self.padding == (0, 0, 0, 0) and self.valid is None
 
-    def to_model(self, rgb: np.ndarray, size: int) -> np.ndarray:
-        """``(H, W, 3) uint8`` frame -> ``(size, size, 3) uint8`` model input (ROI, pad, resize)."""
+    def to_model(self, rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+        """``(H, W, 3) uint8`` frame -> ``(*input_hw, 3) uint8`` runner input (ROI, pad, resize)."""
         x, y, w, h = self.roi
         crop = rgb[y : y + h, x : x + w]
         top, bottom, left, right = self.padding
@@ -271,7 +272,7 @@ class FrameGeometry:
             crop = cv2.copyMakeBorder(
                 crop, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(self.pad_value,) * 3
             )
-        return resize_to_model(crop, size)
+        return resize_image(crop, int(input_hw[0]), int(input_hw[1]))
 
     def map_to_roi(self, anomaly_map: np.ndarray) -> np.ndarray:
         """``(S, S) float32`` model map -> ``(h, w) float32`` map in ROI pixels (padding cut off)."""

@@ -312,7 +312,8 @@ class _Lane:
 
 def _unscore(item: _Item, cause: str, reason: str) -> None:
     """Turn a queued frame into a "not inspected" one; a dropped frame also lets go of its pixels,
-    so that a stalled consumer holds at most ``queue_size`` frames per source, plus small markers."""
+    so that a stalled consumer holds at most ``queue_size`` frames per source, plus small markers.
+    """
     item.model_input = None
     item.cause, item.reason = cause, reason
     if cause == "dropped" and item.frame is not None:
@@ -561,13 +562,6 @@ class _Stream:
         ids = [s.source_id for s in sources]
         if len(set(ids)) != len(ids):
             raise UsageError(f"Source ids must be unique, got {ids}; name them ID=SPEC.")
-        size = runner.image_size
-        if tuple(runner.input_hw) != (size, size):
-            # TODO(fmabs): feed camera-size frames to graphs with an in-graph resize (#6)
-            raise UsageError(
-                f"{runner.path} takes {runner.input_hw[0]}x{runner.input_hw[1]} frames (an in-graph resize); "
-                f"streaming feeds {size}x{size} frames. Export the model without the in-graph resize."
-            )
         if options.queue_size < 1:
             raise UsageError(f"queue_size must be at least 1, got {options.queue_size}.")
         batch = options.batch_size or runner.max_batch or 8
@@ -652,7 +646,7 @@ class _Stream:
             )
         try:
             geometry = lane.view.geometry(frame.rgb.shape[:2])
-            model_input = geometry.to_model(frame.rgb, self.runner.image_size)
+            model_input = geometry.to_model(frame.rgb, self.runner.input_hw)
         except FmabsError as err:
             return _Item(frame, cause="source_error", reason=str(err))
         return _Item(frame, model_input, geometry)

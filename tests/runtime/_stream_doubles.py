@@ -62,8 +62,9 @@ def write_brightness_onnx(path: Path, size: int = 64, threshold: float = 6.0) ->
 
 
 class BrightnessRunner(Runner):
-    """In-process twin of :func:`write_brightness_onnx`; ``delay_s`` per batch, ``nan_frames``
-    (values of the frame's top-left pixel) that score NaN, ``fail_after`` batches then raise."""
+    """In-process twin of :func:`write_brightness_onnx`; ``delay_s`` per batch, ``nan_marker``
+    (value of a frame's top-left pixel) makes that frame's map NaN; ``input_hw`` other than
+    ``(size, size)`` stands for a graph that resizes camera frames inside."""
 
     backend = "fake"
 
@@ -75,9 +76,12 @@ class BrightnessRunner(Runner):
         max_batch: int | None = None,
         delay_s: float = 0.0,
         nan_marker: int | None = None,
+        input_hw: tuple[int, int] | None = None,
     ) -> None:
         path.write_bytes(b"brightness")
-        super().__init__(path, brightness_metadata(size, threshold), (size, size), max_batch)
+        super().__init__(
+            path, brightness_metadata(size, threshold), input_hw or (size, size), max_batch
+        )
         self.model_hash = "brightness-test"
         self.delay_s = delay_s
         self.nan_marker = nan_marker
@@ -87,6 +91,11 @@ class BrightnessRunner(Runner):
         self.batches.append(images.shape[0])
         if self.delay_s:
             time.sleep(self.delay_s)
+        size = self.image_size
+        if images.shape[1:3] != (size, size):  # the "in-graph" resize
+            images = np.stack(
+                [cv2.resize(i, (size, size), interpolation=cv2.INTER_LINEAR) for i in images]
+            )
         maps = BRIGHTNESS_SCALE * images.astype(np.float32).mean(axis=3, keepdims=True) / 255.0
         maps = maps.transpose(0, 3, 1, 2).copy()
         if self.nan_marker is not None:

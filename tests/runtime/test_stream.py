@@ -249,3 +249,19 @@ def test_trained_graph_scores_match_the_runner(tmp_path, tiny_onnx, synthetic_ca
         assert m["score_from"] == "masked_map" and m["image_score"] == pytest.approx(
             expected, rel=1e-4
         )
+
+
+@pytest.mark.parametrize("aspect", ["stretch", "pad"])
+def test_graph_with_in_graph_resize_gets_camera_size_frames(tmp_path, aspect):
+    """A runner taking 48x64 camera frames (resized to S inside) maps defects back correctly."""
+    defect = (40, 30, 8, 8)
+    frames = [dark_frame(48, 64, 0), with_defect(dark_frame(48, 64, 1), defect)]
+    runner = BrightnessRunner(tmp_path / "fake.bin", size=32, input_hw=(48, 64))
+    configs = CameraConfigs(default=CameraConfig(aspect=aspect))
+    run_stream(
+        runner, [ScriptedSource("cam", frames)], configs, StreamOptions(jsonl=tmp_path / "e.jsonl")
+    )
+    events = [e for e in read_events(tmp_path / "e.jsonl") if e["event"] == "frame"]
+    assert [e["decision"] for e in events] == ["pass", "reject"]
+    assert any(overlaps(r, defect) for r in events[1]["regions"])
+    assert events[1]["score_from"] == ("graph" if aspect == "stretch" else "masked_map")

@@ -87,7 +87,7 @@ def test_pad_keeps_the_whole_part_and_maps_back():
     assert geometry.roi == (8, 4, 40, 20) and geometry.padding == (10, 10, 0, 0)
     frame = np.zeros((30, 60, 3), np.uint8)
     frame[4:24, 8:48] = 200  # exactly the ROI
-    model_input = geometry.to_model(frame, 20)
+    model_input = geometry.to_model(frame, (20, 20))
     assert model_input.shape == (20, 20, 3)
     assert (
         model_input[:5].max() == 0
