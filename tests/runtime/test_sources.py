@@ -155,3 +155,43 @@ def test_this_opencv_reports_its_gstreamer_support():
         for line in cv2.getBuildInformation().splitlines()
     )
     assert sources_module.gstreamer_available() is expected
+
+
+def test_url_source_with_opencv_over_loopback_http(tmp_path):
+    """The real FFmpeg opener: the clip ends (a disconnect), is reopened, then the server goes."""
+    import functools
+    import http.server
+    import threading
+
+    write_video(tmp_path / "clip.avi", [dark_frame(24, 32, i) for i in range(5)])
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.avi"
+    source = LiveSource(
+        url, "web", "url", ReconnectPolicy(0.01, 2.0, 0.05, max_attempts=2), timeout_ms=2000
+    )
+    notes = []
+    source.notify = notes.append
+    source.open()
+    indices = []
+    try:
+        for frame in source.frames():
+            indices.append(frame.index)
+            if len(indices) == 6:  # into the second pass: take the server away
+                server.shutdown()
+                server.server_close()
+    finally:
+        source.close()
+    assert (
+        indices == list(range(len(indices))) and len(indices) >= 6
+    )  # counting on across the reopen
+    kinds = [n.kind for n in notes]
+    assert kinds[:2] == ["disconnected", "reconnected"] and kinds[-1] == "failed"
+    assert kinds.count("reconnect_failed") == 2
