@@ -36,12 +36,17 @@ OPSET = 17
 #: Stable node-name scopes set at export; later passes (FP16 islands, Q/DQ exclusions) use these.
 SCORING_SCOPE = "fmabs.scoring/"
 FEATURES_SCOPE = "fmabs.features/"
-#: Exporter module paths -> stable scope. The TorchScript exporter names nodes by module path.
+#: Exporter module paths -> stable scope. The TorchScript exporter names nodes by the path of the
+#: modules *called*: "/net/teacher/..." when FmabsNet.forward runs (reconstruction scores), but
+#: "/teacher/..." when DeployModel calls net.stage_features directly (the default scoring).
 _SCOPE_RENAMES = (
     ("/scoring/", SCORING_SCOPE),
     ("/net/teacher/", FEATURES_SCOPE + "teacher/"),
     ("/net/student/", FEATURES_SCOPE + "student/"),
     ("/net/difference/", FEATURES_SCOPE + "difference/"),
+    ("/teacher/", FEATURES_SCOPE + "teacher/"),
+    ("/student/", FEATURES_SCOPE + "student/"),
+    ("/difference/", FEATURES_SCOPE + "difference/"),
 )
 #: Tolerances of the self-check: ONNX Runtime vs PyTorch, and alone vs inside a batch.
 SCORE_RTOL = 1e-4

@@ -310,8 +310,9 @@ class FmabsNet(nn.Module):
         attention = None
         if self.config.attention:
             refined, maps = zip(*[figa(d, s) for figa, d, s in zip(self.figa, differences, student)])
-            size = refined[2].shape[-2:]
-            pooled = [F.adaptive_avg_pool2d(r, size) if r.shape[-2:] != size else r for r in refined]
+            # A static stride-16 size (not a traced shape): ONNX export needs a constant output size.
+            side = self.config.image_size // 16
+            pooled = [F.adaptive_avg_pool2d(r, (side, side)) if r.shape[-1] != side else r for r in refined]
             bottleneck = self.fusion(torch.cat(pooled, dim=1))
             attention = maps[0]
         else:
