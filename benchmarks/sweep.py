@@ -5,6 +5,7 @@ A sweep file is YAML (``.yaml``/``.yml``) or TOML (``.toml``); relative paths ar
     work_dir: sweep_work          # where checkpoints and ONNX files are made (default: next to the file)
     train_data: null              # normal images to train on (default: the benchmark's --data)
     calib: null                   # INT8 calibration folder (default: the converter's own default)
+    check_export: true            # each export compares ONNX Runtime with PyTorch (slower, safer)
     defaults:                     # TrainOptions fields for every trained model
       epochs: 10
     models:
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _MODEL_KEYS = {"name", "train", "precisions", "torch_reference", "checkpoint", "from", "scoring"}
-_SWEEP_KEYS = {"work_dir", "train_data", "calib", "defaults", "models", "variants"}
+_SWEEP_KEYS = {"work_dir", "train_data", "calib", "defaults", "models", "variants", "check_export"}
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Sweep:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: (name, path) of artefacts benchmarked as they are.
     variants: list[tuple[str, Path]] = field(default_factory=list)
+    #: Let each export compare ONNX Runtime with PyTorch (export_onnx's check).
+    check_export: bool = True
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -121,6 +124,7 @@ def load_sweep(path: str | Path) -> Sweep:
         calib=resolve(data.get("calib")),
         defaults=dict(data.get("defaults") or {}),
         variants=variants,
+        check_export=bool(data.get("check_export", True)),
     )
     check_sweep(sweep, str(path))
     return sweep
@@ -324,7 +328,7 @@ def prepare_sweep(sweep: Sweep, default_data: Path, backend: str | None = None) 
         if not _made_from(fp32, checkpoint_sha):
             from fmabs_edge.converters.export import export_onnx
 
-            export_onnx(checkpoint, fp32)
+            export_onnx(checkpoint, fp32, check=sweep.check_export)
         for precision in model.precisions:
             path = fp32 if precision == "fp32" else folder / f"model_{precision}.onnx"
             if precision != "fp32" and not _made_from(path, checkpoint_sha):
