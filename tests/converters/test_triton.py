@@ -203,3 +203,16 @@ def test_trained_model_repository(tmp_path, tiny_onnx):
     config = parse(tmp_path / "repo" / "tiny" / "config.pbtxt")
     assert_matches_onnx(config, tiny_onnx)
     assert check_config(config, onnx_io(onnx.load(str(tiny_onnx)), "tiny")) == []
+
+
+BOTTLE_ONNX = Path(__file__).resolve().parents[2] / "runs" / "bottle" / "model.onnx"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not BOTTLE_ONNX.is_file(), reason=f"needs the trained bottle model at {BOTTLE_ONNX}")
+def test_bottle_model_repository(tmp_path):
+    """The bottle model (README: runs/bottle/model.onnx) passes the same config test."""
+    export_triton(BOTTLE_ONNX, tmp_path / "repo", name="bottle")
+    config = parse(tmp_path / "repo" / "bottle" / "config.pbtxt")
+    assert_matches_onnx(config, BOTTLE_ONNX)
+    assert check_config(config, onnx_io(onnx.load(str(BOTTLE_ONNX)), "bottle")) == []
