@@ -207,3 +207,5 @@ from fmabs_edge.cli_triton import export_triton_command  # noqa: E402
 main.add_command(export_triton_command)
 from fmabs_edge.cli_trt import build_command  # noqa: E402
 main.add_command(build_command)
+from fmabs_edge.cli_precision import quantize_command  # noqa: E402
+main.add_command(quantize_command)
