@@ -80,6 +80,7 @@ def _echo_json(data: dict) -> None:
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--val-fraction", type=float, default=None, help="Share of normal images held out for statistics and threshold [default: 0.1].")
 @click.option("--max-false-reject", type=float, default=None, help="Threshold rule: allowed false-reject rate on held-out good images [default: 0.005].")
+@click.option("--max-train-images", type=int, default=None, callback=_positive, help="Train on at most this many images (after the hold-out) [default: all].")
 @click.option("--resume/--no-resume", default=False, help="Continue from RUN_DIR/last.pt if present.")
 def train(data: Path, out_dir: Path, **options) -> None:
     """Train an FMABS model on a folder of normal images (or an MVTec category's train/good)."""
