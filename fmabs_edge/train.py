@@ -211,7 +211,7 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
         net.eval()
         chunks = torch.split(data_tensor, options.batch_size)
         net.fit_teacher_statistics(net.normalise(chunk) for chunk in chunks)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(start_epoch, options.epochs):
         net.train()
         permutation = torch.randperm(len(data_tensor), generator=generator)
@@ -247,6 +247,7 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
             history=history,
         )
     train_seconds = time.perf_counter() - started
+    train_cpu_seconds = time.process_time() - cpu_started
 
     # Fixed statistics and the threshold, from the held-out normal images only.
     net.eval()
@@ -275,6 +276,8 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
             "seed": options.seed,
             "teacher_weights": str(weights),
             "train_seconds": round(train_seconds, 1),
+            # CPU time of all threads: comparable across loaded and idle machines.
+            "train_cpu_seconds": round(train_cpu_seconds, 1),
             "history": history,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
