@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence, Union
 import cv2
 import numpy as np
 
-from fmabs_edge.benchmarks.system import MIB, MemorySampler
+from fmabs_edge.benchmarks.system import MIB, MemorySampler, machine_info
 from fmabs_edge.errors import UsageError
 from fmabs_edge.runtime.preprocess import load_image, resize_to_model
 
@@ -363,8 +363,9 @@ def time_runner(
 
     ``frames``: image paths (decoded in the loop) or decoded ``(H, W, 3) uint8`` RGB arrays.
     ``sync`` defaults to the runner's ``synchronize`` method when it has one. The records carry
-    the runner's ``describe()`` fields and ``artefact_mb``; pass them to
-    :func:`fmabs_edge.benchmarks.report.write_results` for the CSV/JSON/report.
+    the runner's ``describe()`` fields, ``artefact_mb`` and the machine (``machine_*``,
+    ``version_*``, ``jetson_*``); :func:`fmabs_edge.benchmarks.report.write_results` turns them
+    into the same CSV/JSON/plots/report.md as ``fmabs-edge benchmark`` (accuracy columns empty).
     """
     description = dict(runner.describe()) if hasattr(runner, "describe") else {}
     info = {
@@ -380,4 +381,8 @@ def time_runner(
         sync=sync if sync is not None else getattr(runner, "synchronize", None),
         info=info,
     )
-    return measure([variant], frames, batch_sizes, warmup, iterations, cv_limit=cv_limit)
+    records = measure([variant], frames, batch_sizes, warmup, iterations, cv_limit=cv_limit)
+    machine = machine_info()
+    for record in records:
+        record.update(machine)
+    return records

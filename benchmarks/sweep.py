@@ -6,6 +6,7 @@ A sweep file is YAML (``.yaml``/``.yml``) or TOML (``.toml``); relative paths ar
     train_data: null              # normal images to train on (default: the benchmark's --data)
     calib: null                   # INT8 calibration folder (default: the converter's own default)
     check_export: true            # each export compares ONNX Runtime with PyTorch (slower, safer)
+    precision_gate: true          # FP16/INT8 conversions score themselves against FP32 (a miss warns)
     defaults:                     # TrainOptions fields for every trained model
       epochs: 10
     models:
@@ -25,7 +26,8 @@ A sweep file is YAML (``.yaml``/``.yml``) or TOML (``.toml``); relative paths ar
 
 Per model, ``work_dir/<name>/model.pt`` is trained (``fmabs_edge.train.train``) unless it exists,
 and ``work_dir/<name>/model_<precision>.onnx`` is exported (``export_onnx``) or converted
-(``fmabs_edge.converters.precision``) unless a file exists whose metadata names this very
+(``convert_precision``; INT8 for ONNX Runtime keeps FP32 between its Q/DQ layers, ``int8-cpu``,
+and for ``--backend trt`` FP16, ``int8-trt``) unless a file exists whose metadata names this very
 checkpoint (sha256); a stale file is remade. The variants are named ``<model>-<precision>`` and
 ``<model>-torch``.
 """
@@ -48,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _MODEL_KEYS = {"name", "train", "precisions", "torch_reference", "checkpoint", "from", "scoring"}
-_SWEEP_KEYS = {"work_dir", "train_data", "calib", "defaults", "models", "variants", "check_export"}
+_SWEEP_KEYS = {"work_dir", "train_data", "calib", "defaults", "models", "variants", "check_export",
+               "precision_gate"}
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Sweep:
     variants: list[tuple[str, Path]] = field(default_factory=list)
     #: Let each export compare ONNX Runtime with PyTorch (export_onnx's check).
     check_export: bool = True
+    #: Score FP16/INT8 files against FP32 while converting (convert_precision's gate).
+    precision_gate: bool = True
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -125,6 +130,7 @@ def load_sweep(path: str | Path) -> Sweep:
         defaults=dict(data.get("defaults") or {}),
         variants=variants,
         check_export=bool(data.get("check_export", True)),
+        precision_gate=bool(data.get("precision_gate", True)),
     )
     check_sweep(sweep, str(path))
     return sweep
@@ -248,18 +254,31 @@ def _made_from(artefact: Path, checkpoint_sha256: str) -> bool:
     return True
 
 
-def make_precision_variant(fp32_onnx: Path, precision: str, out_path: Path, calib: Path | None) -> None:
-    """FP16/INT8 ONNX from the FP32 file with the precision converter of issue #3."""
+def int8_target(backend: str | None) -> str:
+    """The INT8 file's target: FP16 between the Q/DQ layers for TensorRT, FP32 for ONNX Runtime."""
+    return "trt" if backend == "trt" else "cpu"
+
+
+def make_precision_variant(
+    fp32_onnx: Path, precision: str, out_path: Path, calib: Path | None, target: str, gate: bool
+) -> None:
+    """FP16/INT8 ONNX from the FP32 file with :func:`fmabs_edge.converters.precision.convert_precision`.
+
+    A variant that misses the accuracy gate is kept (marked failing in its metadata) and
+    benchmarked anyway, with a warning: the benchmark reports its accuracy beside FP32.
+    """
     try:
-        from fmabs_edge.converters import precision as converter
+        from fmabs_edge.converters.precision import convert_precision
     except ImportError as err:
         raise UsageError(
             f"The sweep asks for {precision}, but fmabs_edge.converters.precision is not available ({err}); "
             "list only fp32, or install an fmabs-edge that has it."
         ) from err
-    # TODO(fmabs): align with the precision converter's public function once it lands (#3).
-    convert = getattr(converter, "convert_precision")
-    convert(fp32_onnx, out_path, precision=precision, calib=calib)
+    report = convert_precision(
+        fp32_onnx, out_path, precision, target=target, calib=calib, gate=gate, raise_on_gate_failure=False
+    )
+    if gate and not report.passed:
+        logger.warning("%s missed the accuracy gate; it is benchmarked anyway (see its accuracy columns).", out_path)
 
 
 def _warn_if_trained_otherwise(checkpoint: Path, options: Any) -> None:
@@ -330,9 +349,12 @@ def prepare_sweep(sweep: Sweep, default_data: Path, backend: str | None = None) 
 
             export_onnx(checkpoint, fp32, check=sweep.check_export)
         for precision in model.precisions:
-            path = fp32 if precision == "fp32" else folder / f"model_{precision}.onnx"
+            label = f"int8-{int8_target(backend)}" if precision == "int8" else precision
+            path = fp32 if precision == "fp32" else folder / f"model_{label}.onnx"
             if precision != "fp32" and not _made_from(path, checkpoint_sha):
-                make_precision_variant(fp32, precision, path, sweep.calib)
+                make_precision_variant(
+                    fp32, precision, path, sweep.calib, int8_target(backend), sweep.precision_gate
+                )
             specs.append(VariantSpec(path, variant_backend(path, backend), f"{model.name}-{precision}"))
         if model.torch_reference:
             specs.append(VariantSpec(checkpoint, "torch", f"{model.name}-torch"))

@@ -170,8 +170,17 @@ def test_time_runner_gives_flat_records_with_units_in_names():
             for p in PERCENTILES:
                 assert f"{stage}_ms_p{p}" in record
         assert record["variant"] == "engine" and record["backend"] == "fake"
-        assert record["rss_mb_peak"] > 0
+        assert record["rss_mb_peak"] > 0 and record["machine_cpu_model"]
         assert all(not isinstance(v, (dict, list)) for v in record.values())
+
+
+def test_time_runner_records_make_the_same_report(tmp_path):
+    from fmabs_edge.benchmarks.report import write_results
+
+    records = time_runner(FakeRunner("trt_fp16", [0.0]), _frames(), batch_sizes=(1, 8), warmup=0, iterations=2)
+    files = write_results(records, tmp_path / "gpu")
+    assert files["report"].read_text().count("trt_fp16") >= 2
+    assert files["latency_plot"].is_file() and files["throughput_plot"].is_file()
 
 
 @pytest.mark.parametrize("kwargs", [
