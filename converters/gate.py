@@ -113,6 +113,7 @@ class ReferenceOrtRunner(OrtRunner):
         check_contract(model, str(path), metadata.image_size)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
         try:
             session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
