@@ -1,9 +1,10 @@
 """Accuracy from the benchmark's own outputs: the same pipeline that is timed scores the test set.
 
 Pixel metrics are computed as ``fmabs-edge eval`` computes them, at each model's resolution S×S:
-masks are resized to S×S with nearest-neighbour and compared with the runner's ``(N, 1, S, S)`` maps. Decisions are taken at the
-threshold stored in each artefact (a non-finite score always rejects). Agreement compares a
-variant's decisions and scores with its FP32 reference, image by image.
+masks are resized to S×S with nearest-neighbour and compared with the runner's ``(N, 1, S, S)``
+maps. Decisions are taken at the threshold stored in each artefact (a non-finite score always
+rejects). Agreement compares a variant's decisions and scores with its FP32 reference, image by
+image.
 """
 
 from __future__ import annotations
@@ -50,12 +51,19 @@ class VariantOutputs:
 
 
 def collect_outputs(
-    variant: TimedVariant, frames: Sequence[Frame], batch_size: int, clock: Clock = time.perf_counter,
+    variant: TimedVariant,
+    frames: Sequence[Frame],
+    batch_size: int,
+    clock: Clock = time.perf_counter,
     progress: Any | None = None,
 ) -> VariantOutputs:
     """Run every frame once through :func:`~fmabs_edge.benchmarks.protocol.run_batch`."""
     scores, maps, rejected = [], [], []
-    task = progress.add_task(f"scoring {variant.name}", total=len(frames)) if progress is not None else None
+    task = (
+        progress.add_task(f"scoring {variant.name}", total=len(frames))
+        if progress is not None
+        else None
+    )
     for start in range(0, len(frames), batch_size):
         chunk = list(frames[start : start + batch_size])
         output = run_batch(variant, chunk, clock)
@@ -75,7 +83,7 @@ def collect_outputs(
 
 
 def load_masks(samples: Sequence[TestSample], size: int) -> np.ndarray:
-    """``(N, size, size) bool`` ground truth: zeros for good images, masks as ``eval`` reads them."""
+    """``(N, size, size) bool`` ground truth: zeros for good images, masks read as ``eval`` does."""
     masks = np.zeros((len(samples), size, size), dtype=bool)
     for index, sample in enumerate(samples):
         if sample.mask is not None:
@@ -83,7 +91,9 @@ def load_masks(samples: Sequence[TestSample], size: int) -> np.ndarray:
     return masks
 
 
-def accuracy_metrics(labels: np.ndarray, masks: np.ndarray | None, outputs: VariantOutputs) -> dict[str, Any]:
+def accuracy_metrics(
+    labels: np.ndarray, masks: np.ndarray | None, outputs: VariantOutputs
+) -> dict[str, Any]:
     """Image/pixel AUROC, AUPRO, F1-max and decision rates of one variant.
 
     ``labels`` ``(N,)`` with 1 = anomalous; ``masks`` ``(N, S, S)`` bool at the maps' resolution, or
@@ -100,8 +110,9 @@ def accuracy_metrics(labels: np.ndarray, masks: np.ndarray | None, outputs: Vari
     result.update(metrics.decision_rates(labels, outputs.rejected))
     if not finite.all():
         logger.warning(
-            "%d of %d image scores are NaN or infinite: ranking metrics are left empty for this variant.",
-            int((~finite).sum()), labels.size,
+            "%d of %d image scores are NaN or infinite: ranking metrics are left empty here.",
+            int((~finite).sum()),
+            labels.size,
         )
         return result
     try:

@@ -78,7 +78,9 @@ class FakeRunner(Runner):
         return cls(Path(path).stem, **options)  # type: ignore[arg-type]
 
     def _infer_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        delay_ms = self.delays_ms[self.calls % len(self.delays_ms)] + self.per_image_ms * len(images)
+        delay_ms = self.delays_ms[self.calls % len(self.delays_ms)] + self.per_image_ms * len(
+            images
+        )
         self.calls += 1
         self.call_log.append(self.name)
         if self.clock is not None:

@@ -52,7 +52,7 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "latency")
 #: Coefficient of variation (std / mean) above which a record is flagged noisy.
 DEFAULT_CV_LIMIT = 0.1
 
-#: A frame is an image file (decoded in the loop) or an already decoded ``(H, W, 3) uint8`` RGB array.
+#: A frame: an image file (decoded in the loop) or a decoded ``(H, W, 3) uint8`` RGB array.
 Frame = Union[str, Path, np.ndarray]
 Clock = Callable[[], float]
 
@@ -155,7 +155,9 @@ def resize_map_to_original(anomaly_map: np.ndarray, height: int, width: int) -> 
     return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def run_batch(variant: TimedVariant, frames: Sequence[Frame], clock: Clock = time.perf_counter) -> BatchOutput:
+def run_batch(
+    variant: TimedVariant, frames: Sequence[Frame], clock: Clock = time.perf_counter
+) -> BatchOutput:
     """Push one batch of frames through decode -> preprocess -> infer -> postprocess, timed."""
     runner = variant.runner
     if variant.make_input is not None:
@@ -183,7 +185,9 @@ def run_batch(variant: TimedVariant, frames: Sequence[Frame], clock: Clock = tim
     maps = result.anomaly_map[:, 0]
     original = [resize_map_to_original(m, *rgb.shape[:2]) for m, rgb in zip(maps, images)]
     threshold = runner.metadata.threshold
-    rejected = np.array([runner.metadata.decide(float(s), threshold)[0] for s in result.image_score])
+    rejected = np.array(
+        [runner.metadata.decide(float(s), threshold)[0] for s in result.image_score]
+    )
     t_end = clock()
 
     stages: dict[str, float | None] = {
@@ -197,7 +201,7 @@ def run_batch(variant: TimedVariant, frames: Sequence[Frame], clock: Clock = tim
 
 
 def cycled_batches(frames: Sequence[Frame], batch_size: int, count: int) -> list[list[Frame]]:
-    """``count`` batches of ``batch_size`` frames taken in order from ``frames``, wrapping around."""
+    """``count`` batches of ``batch_size`` frames taken in order from ``frames``, wrapping."""
     if not frames:
         raise UsageError("The benchmark needs at least one frame; the data folder gave none.")
     total = len(frames)
@@ -223,9 +227,13 @@ class _Samples:
             self.gpu_mem_mb_peak = max(self.gpu_mem_mb_peak or 0.0, gpu_mb)
 
 
-def _check_counts(batch_sizes: Sequence[int], warmup: int, iterations: int, block_iterations: int) -> None:
+def _check_counts(
+    batch_sizes: Sequence[int], warmup: int, iterations: int, block_iterations: int
+) -> None:
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise UsageError(f"Batch sizes must be positive integers, got {list(batch_sizes)}; e.g. 1,4,8.")
+        raise UsageError(
+            f"Batch sizes must be positive integers, got {list(batch_sizes)}; e.g. 1,4,8."
+        )
     if warmup < 0:
         raise UsageError(f"warmup must be 0 or more, got {warmup}.")
     if iterations < 1:
@@ -243,8 +251,13 @@ def artefact_mb(path: str | Path | None) -> float | None:
 
 
 def _record(
-    variant: TimedVariant, batch_size: int, samples: _Samples, warmup: int, iterations: int,
-    gpu_source: str, cv_limit: float,
+    variant: TimedVariant,
+    batch_size: int,
+    samples: _Samples,
+    warmup: int,
+    iterations: int,
+    gpu_source: str,
+    cv_limit: float,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"variant": variant.name, **variant.info, "batch_size": batch_size}
     record["warmup_iterations"] = warmup
@@ -259,7 +272,8 @@ def _record(
     record["gpu_mem_mb_peak"] = samples.gpu_mem_mb_peak
     record["gpu_mem_source"] = gpu_source
     noisy = [
-        stage for stage in ("infer", "latency")
+        stage
+        for stage in ("infer", "latency")
         if record[f"{stage}_cv"] is not None and record[f"{stage}_cv"] > cv_limit
     ]
     record["cv_high"] = bool(noisy)
@@ -268,8 +282,11 @@ def _record(
             f"cv:{variant.name}:{batch_size}",
             "%s at batch %d: %s time varies a lot (CV %s > %.2f); close other programs, lock "
             "clocks or raise --iterations before trusting its percentiles.",
-            variant.name, batch_size, " and ".join(noisy),
-            "/".join(f"{record[f'{stage}_cv']:.2f}" for stage in noisy), cv_limit,
+            variant.name,
+            batch_size,
+            " and ".join(noisy),
+            "/".join(f"{record[f'{stage}_cv']:.2f}" for stage in noisy),
+            cv_limit,
         )
     return record
 
@@ -333,7 +350,15 @@ def measure(
 
         for variant in active:
             records.append(
-                _record(variant, batch_size, samples[variant.name], warmup, iterations, memory.gpu_source, cv_limit)
+                _record(
+                    variant,
+                    batch_size,
+                    samples[variant.name],
+                    warmup,
+                    iterations,
+                    memory.gpu_source,
+                    cv_limit,
+                )
             )
     return records
 

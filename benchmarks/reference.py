@@ -53,8 +53,14 @@ def measure_gemm_peak(seconds: float = 2.0, size: int = 1024, seed: int = 0) -> 
         best_s = min(best_s, time.perf_counter() - start)
         runs += 1
     gflop = 2.0 * size**3 / 1e9
-    logger.info("GEMM peak: %.1f GFLOP/s (%d×%d float32, best of %d)", gflop / best_s, size, size, runs)
-    return {"gemm_peak_gflop_per_s": gflop / best_s, "gemm_size": float(size), "gemm_runs": float(runs)}
+    logger.info(
+        "GEMM peak: %.1f GFLOP/s (%d×%d float32, best of %d)", gflop / best_s, size, size, runs
+    )
+    return {
+        "gemm_peak_gflop_per_s": gflop / best_s,
+        "gemm_size": float(size),
+        "gemm_runs": float(runs),
+    }
 
 
 @dataclass
@@ -78,8 +84,11 @@ def _dims(value_type: onnx.TypeProto) -> list[int | None]:
     ]
 
 
-def _fix_input_dims(model: onnx.ModelProto, batch_size: int, input_shape: tuple[int, ...] | None) -> None:
-    """Give every graph input concrete dims: the first dynamic dim is the batch, the rest need ``input_shape``."""
+def _fix_input_dims(
+    model: onnx.ModelProto, batch_size: int, input_shape: tuple[int, ...] | None
+) -> None:
+    """Give every graph input concrete dims: a dynamic first dim is the batch; others need
+    ``input_shape``."""
     initializers = {init.name for init in model.graph.initializer}
     for graph_input in model.graph.input:
         if graph_input.name in initializers:
@@ -102,7 +111,9 @@ def _fix_input_dims(model: onnx.ModelProto, batch_size: int, input_shape: tuple[
 
 
 def count_macs(
-    model: str | Path | onnx.ModelProto, batch_size: int = 1, input_shape: tuple[int, ...] | None = None
+    model: str | Path | onnx.ModelProto,
+    batch_size: int = 1,
+    input_shape: tuple[int, ...] | None = None,
 ) -> MacCount:
     """Count the MACs per image of Conv/ConvTranspose/MatMul/Gemm nodes (main graph only).
 
@@ -127,7 +138,8 @@ def count_macs(
     if counted.unresolved_nodes:
         logger.warning(
             "%d nodes with unknown shapes left out of the operation count: %s",
-            len(counted.unresolved_nodes), counted.unresolved_nodes[:5],
+            len(counted.unresolved_nodes),
+            counted.unresolved_nodes[:5],
         )
     return counted
 
@@ -169,7 +181,9 @@ def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto | None:
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             options.optimized_model_filepath = str(target)
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
             return onnx.load(str(target))
     except Exception as err:  # onnxruntime raises its own types; counting is best effort
         logger.debug("Constant folding for the operation count failed: %s", err)
@@ -214,7 +228,12 @@ class ExternalOnnx:
 
     backend = "ort-external"
 
-    def __init__(self, path: str | Path, input_shape: tuple[int, ...] | None = None, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        input_shape: tuple[int, ...] | None = None,
+        intra_op_threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -225,12 +244,18 @@ class ExternalOnnx:
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)
         try:
-            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own exception types
-            raise ModelError(f"{self.path}: ONNX Runtime cannot load this reference graph ({err}).") from err
+            raise ModelError(
+                f"{self.path}: ONNX Runtime cannot load this reference graph ({err})."
+            ) from err
         first = self._session.get_inputs()[0]
         self.input_name = first.name
-        self.input_dims: list[int | None] = [d if isinstance(d, int) and d > 0 else None for d in first.shape]
+        self.input_dims: list[int | None] = [
+            d if isinstance(d, int) and d > 0 else None for d in first.shape
+        ]
         if input_shape is not None:
             self.input_dims = [int(d) for d in input_shape]
         if any(d is None for d in self.input_dims[1:]):
@@ -244,7 +269,7 @@ class ExternalOnnx:
         self._inputs: dict[int, np.ndarray] = {}
 
     def example_input(self, batch_size: int) -> np.ndarray:
-        """Random input at ``batch_size`` (cached), or UsageError when the batch dim is fixed otherwise."""
+        """Random input at ``batch_size`` (cached); UsageError if the file fixes another batch."""
         fixed = self.input_dims[0]
         if fixed is not None and fixed != batch_size:
             raise UsageError(f"{self.path.name} has a fixed batch of {fixed}")
@@ -283,7 +308,9 @@ _ORT_DTYPES = {
 }
 
 
-def profile_ort(path: str | Path, batch: np.ndarray, runs: int = 20, input_name: str = "images") -> list[dict[str, Any]]:
+def profile_ort(
+    path: str | Path, batch: np.ndarray, runs: int = 20, input_name: str = "images"
+) -> list[dict[str, Any]]:
     """Run ONNX Runtime's profiler and sum the node time per operator type, largest first.
 
     Returns ``[{"op_type", "total_ms_per_run", "share"}]``; ``share`` is of all node time.
@@ -302,9 +329,15 @@ def profile_ort(path: str | Path, batch: np.ndarray, runs: int = 20, input_name:
     totals: dict[str, float] = {}
     for event in events:
         args = event.get("args", {})
-        if event.get("cat") != "Node" or "op_name" not in args or not event.get("name", "").endswith("_kernel_time"):
+        if (
+            event.get("cat") != "Node"
+            or "op_name" not in args
+            or not event.get("name", "").endswith("_kernel_time")
+        ):
             continue
-        totals[args["op_name"]] = totals.get(args["op_name"], 0.0) + float(event.get("dur", 0)) / 1000.0
+        totals[args["op_name"]] = (
+            totals.get(args["op_name"], 0.0) + float(event.get("dur", 0)) / 1000.0
+        )
     overall = sum(totals.values()) or 1.0
     rows = [
         {"op_type": op, "total_ms_per_run": ms / runs, "share": ms / overall}

@@ -42,50 +42,133 @@ TARGET_INT8_VS_FP32 = 1.5
 
 #: Identity and setup fields, first in every record.
 IDENTITY_FIELDS = (
-    "variant", "dataset", "artefact", "backend", "precision", "image_size", "backbone", "attention",
-    "decoder", "weight_reconstruction", "checkpoint_sha256", "threshold", "batch_size",
-    "warmup_iterations", "timed_iterations",
+    "variant",
+    "dataset",
+    "artefact",
+    "backend",
+    "precision",
+    "image_size",
+    "backbone",
+    "attention",
+    "decoder",
+    "weight_reconstruction",
+    "checkpoint_sha256",
+    "threshold",
+    "batch_size",
+    "warmup_iterations",
+    "timed_iterations",
 )
 TIMING_FIELDS = tuple(name for stage in STAGES for name in stage_fields(stage)) + (
-    "throughput_ips", "infer_throughput_ips", "cv_high",
+    "throughput_ips",
+    "infer_throughput_ips",
+    "cv_high",
 )
 RESOURCE_FIELDS = ("artefact_mb", "rss_mb_peak", "gpu_mem_mb_peak", "gpu_mem_source")
 COMPUTE_FIELDS = (
-    "gflop_per_image", "achieved_gflop_per_s", "gemm_peak_gflop_per_s", "gemm_peak_fraction",
+    "gflop_per_image",
+    "achieved_gflop_per_s",
+    "gemm_peak_gflop_per_s",
+    "gemm_peak_fraction",
 )
 ACCURACY_RECORD_FIELDS = (
-    "n_images", "n_skipped", "nonfinite_scores", "image_auroc", "pixel_auroc", "aupro", "f1_max",
-    "reject_rate", "precision_at_threshold", "recall_at_threshold", "fpr_at_threshold",
-    "reference_variant", "decision_agreement", "score_max_abs_diff", "score_mean_abs_diff",
+    "n_images",
+    "n_skipped",
+    "nonfinite_scores",
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "reject_rate",
+    "precision_at_threshold",
+    "recall_at_threshold",
+    "fpr_at_threshold",
+    "reference_variant",
+    "decision_agreement",
+    "score_max_abs_diff",
+    "score_mean_abs_diff",
 )
 MACHINE_FIELDS = (
-    "machine_cpu_model", "machine_cpu_cores_logical", "machine_cpu_cores_physical",
-    "machine_cpu_cores_usable", "machine_memory_mb", "machine_gpu", "machine_os", "version_python",
-    "version_fmabs_edge", "version_numpy", "version_onnx", "version_onnxruntime", "version_opencv",
-    "version_torch", "version_tensorrt", "jetson_power_mode", "jetson_clocks_locked",
+    "machine_cpu_model",
+    "machine_cpu_cores_logical",
+    "machine_cpu_cores_physical",
+    "machine_cpu_cores_usable",
+    "machine_memory_mb",
+    "machine_gpu",
+    "machine_os",
+    "version_python",
+    "version_fmabs_edge",
+    "version_numpy",
+    "version_onnx",
+    "version_onnxruntime",
+    "version_opencv",
+    "version_torch",
+    "version_tensorrt",
+    "jetson_power_mode",
+    "jetson_clocks_locked",
 )
 #: Every field of a record, in CSV column order.
 RECORD_FIELDS = (
-    IDENTITY_FIELDS + TIMING_FIELDS + RESOURCE_FIELDS + COMPUTE_FIELDS + ACCURACY_RECORD_FIELDS + MACHINE_FIELDS
+    IDENTITY_FIELDS
+    + TIMING_FIELDS
+    + RESOURCE_FIELDS
+    + COMPUTE_FIELDS
+    + ACCURACY_RECORD_FIELDS
+    + MACHINE_FIELDS
 )
 
 _UNIT_SUFFIXES = (
-    ("_ms_p50", "ms"), ("_ms_p90", "ms"), ("_ms_p95", "ms"), ("_ms_p99", "ms"), ("_ms_mean", "ms"),
-    ("_ms_min", "ms"), ("_ms_max", "ms"), ("_ips", "images/s"), ("_mb_peak", "MiB"), ("_mb", "MiB"),
-    ("_gflop_per_s", "GFLOP/s"), ("gflop_per_image", "GFLOP"),
+    ("_ms_p50", "ms"),
+    ("_ms_p90", "ms"),
+    ("_ms_p95", "ms"),
+    ("_ms_p99", "ms"),
+    ("_ms_mean", "ms"),
+    ("_ms_min", "ms"),
+    ("_ms_max", "ms"),
+    ("_ips", "images/s"),
+    ("_mb_peak", "MiB"),
+    ("_mb", "MiB"),
+    ("_gflop_per_s", "GFLOP/s"),
+    ("gflop_per_image", "GFLOP"),
 )
 #: Fields without a physical unit: names, flags, counts, pixels, shares and metrics.
 _UNITLESS = {
-    "variant", "dataset", "artefact", "backend", "precision", "backbone", "attention", "decoder",
-    "checkpoint_sha256", "gpu_mem_source", "reference_variant", "cv_high", "threshold",
-    "weight_reconstruction", "machine_cpu_model", "machine_gpu", "machine_os", "jetson_power_mode",
+    "variant",
+    "dataset",
+    "artefact",
+    "backend",
+    "precision",
+    "backbone",
+    "attention",
+    "decoder",
+    "checkpoint_sha256",
+    "gpu_mem_source",
+    "reference_variant",
+    "cv_high",
+    "threshold",
+    "weight_reconstruction",
+    "machine_cpu_model",
+    "machine_gpu",
+    "machine_os",
+    "jetson_power_mode",
     "jetson_clocks_locked",
 }
 _COUNT_FIELDS = {
-    "batch_size", "warmup_iterations", "timed_iterations", "n_images", "n_skipped", "nonfinite_scores",
-    "machine_cpu_cores_logical", "machine_cpu_cores_physical", "machine_cpu_cores_usable",
+    "batch_size",
+    "warmup_iterations",
+    "timed_iterations",
+    "n_images",
+    "n_skipped",
+    "nonfinite_scores",
+    "machine_cpu_cores_logical",
+    "machine_cpu_cores_physical",
+    "machine_cpu_cores_usable",
 }
-_RATIO_FIELDS = set(ACCURACY_RECORD_FIELDS) - _COUNT_FIELDS - _UNITLESS - {"score_max_abs_diff", "score_mean_abs_diff"}
+_RATIO_FIELDS = (
+    set(ACCURACY_RECORD_FIELDS)
+    - _COUNT_FIELDS
+    - _UNITLESS
+    - {"score_max_abs_diff", "score_mean_abs_diff"}
+)
 _RATIO_FIELDS |= {"gemm_peak_fraction"} | {f"{stage}_cv" for stage in STAGES}
 
 
@@ -104,7 +187,9 @@ def field_unit(name: str) -> str:
         return "ratio"
     if name in _UNITLESS or name.startswith("version_") or name.startswith("score_"):
         return ""
-    raise UsageError(f"Benchmark field '{name}' has no known unit; name it with one (e.g. _ms_p50, _mb, _ips).")
+    raise UsageError(
+        f"Benchmark field '{name}' has no known unit; name it with one (e.g. _ms_p50, _mb, _ips)."
+    )
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -132,7 +217,12 @@ def write_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="raise", lineterminator="\n")
     writer.writeheader()
     for record in records:
-        writer.writerow({key: "" if _clean(record.get(key)) is None else _clean(record.get(key)) for key in fields})
+        writer.writerow(
+            {
+                key: "" if _clean(record.get(key)) is None else _clean(record.get(key))
+                for key in fields
+            }
+        )
     write_text_atomic(path, buffer.getvalue())
     return path
 
@@ -145,7 +235,7 @@ def write_json(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-# -- analysis ---------------------------------------------------------------------------------------
+# -- analysis --------------------------------------------------------------------------------------
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -171,12 +261,15 @@ def key_ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Speed ratios the report states: ORT FP32 vs PyTorch eager, INT8 (and FP16) vs FP32, external.
 
     Pairs share the checkpoint (``checkpoint_sha256``) and the batch size; ``ratio`` is the
-    slower's time over the faster's for ``infer_ms_p50`` (and ``latency_ms_p50`` where both have one).
+    slower's time over the faster's for ``infer_ms_p50`` (and ``latency_ms_p50`` where both have
+    one).
     """
     ratios: list[dict[str, Any]] = []
     by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for record in records:
-        by_key.setdefault((str(record.get("checkpoint_sha256", "")), int(record["batch_size"])), []).append(record)
+        by_key.setdefault(
+            (str(record.get("checkpoint_sha256", "")), int(record["batch_size"])), []
+        ).append(record)
 
     for (model, batch), group in sorted(by_key.items(), key=lambda item: item[0][1]):
         if not model:
@@ -186,9 +279,15 @@ def key_ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for record in group:
             if record.get("backend") == "torch":
-                ratios.append(_ratio("ORT FP32 vs PyTorch eager", record, ort_fp32, batch, TARGET_ORT_VS_TORCH))
+                ratios.append(
+                    _ratio(
+                        "ORT FP32 vs PyTorch eager", record, ort_fp32, batch, TARGET_ORT_VS_TORCH
+                    )
+                )
             elif record.get("backend") == "ort" and _is_int8(record):
-                ratios.append(_ratio("ORT INT8 vs FP32", ort_fp32, record, batch, TARGET_INT8_VS_FP32))
+                ratios.append(
+                    _ratio("ORT INT8 vs FP32", ort_fp32, record, batch, TARGET_INT8_VS_FP32)
+                )
             elif record.get("backend") == "ort" and str(record.get("precision")).lower() == "fp16":
                 ratios.append(_ratio("ORT FP16 vs FP32", ort_fp32, record, batch, None))
 
@@ -198,8 +297,15 @@ def key_ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         same_batch = [r for r in ours if r["batch_size"] == external["batch_size"]]
         if same_batch:
             fastest = min(same_batch, key=lambda r: r["infer_ms_p50"])
-            ratios.append(_ratio("fastest variant vs external reference", external, fastest,
-                                 int(external["batch_size"]), None))
+            ratios.append(
+                _ratio(
+                    "fastest variant vs external reference",
+                    external,
+                    fastest,
+                    int(external["batch_size"]),
+                    None,
+                )
+            )
     return ratios
 
 
@@ -210,9 +316,15 @@ def _ratio(
     infer = _safe_div(slow.get("infer_ms_p50"), fast.get("infer_ms_p50"))
     latency = _safe_div(slow.get("latency_ms_p50"), fast.get("latency_ms_p50"))
     return {
-        "label": label, "batch_size": batch, "baseline": slow["variant"], "candidate": fast["variant"],
-        "baseline_infer_ms_p50": slow.get("infer_ms_p50"), "candidate_infer_ms_p50": fast.get("infer_ms_p50"),
-        "infer_speedup": infer, "latency_speedup": latency, "target_speedup": target,
+        "label": label,
+        "batch_size": batch,
+        "baseline": slow["variant"],
+        "candidate": fast["variant"],
+        "baseline_infer_ms_p50": slow.get("infer_ms_p50"),
+        "candidate_infer_ms_p50": fast.get("infer_ms_p50"),
+        "infer_speedup": infer,
+        "latency_speedup": latency,
+        "target_speedup": target,
         "met": None if target is None or infer is None else infer >= target,
     }
 
@@ -221,7 +333,7 @@ def _safe_div(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
-# -- plots ------------------------------------------------------------------------------------------
+# -- plots -----------------------------------------------------------------------------------------
 
 
 def _pyplot():
@@ -240,8 +352,12 @@ def _save_figure(figure: Any, path: Path) -> Path:
 
 
 def plot_latency_vs_accuracy(
-    records: Sequence[dict[str, Any]], path: Path, accuracy_axis: str = "image_auroc",
-    latency_field: str = "latency_ms_p50", batch_size: int | None = None, title: str = "",
+    records: Sequence[dict[str, Any]],
+    path: Path,
+    accuracy_axis: str = "image_auroc",
+    latency_field: str = "latency_ms_p50",
+    batch_size: int | None = None,
+    title: str = "",
 ) -> Path:
     """One point per variant at ``batch_size`` (default: the smallest), the Pareto front drawn.
 
@@ -249,13 +365,19 @@ def plot_latency_vs_accuracy(
     dotted vertical line at their inference p50.
     """
     if accuracy_axis not in ACCURACY_AXES:
-        raise UsageError(f"accuracy axis '{accuracy_axis}' is not one of {', '.join(ACCURACY_AXES)}.")
+        raise UsageError(
+            f"accuracy axis '{accuracy_axis}' is not one of {', '.join(ACCURACY_AXES)}."
+        )
     plt = _pyplot()
     batch = batch_size if batch_size is not None else min(int(r["batch_size"]) for r in records)
     rows = [r for r in records if int(r["batch_size"]) == batch]
     high_field = latency_field.replace("_p50", "_p99")
-    scored = [r for r in rows if r.get(accuracy_axis) is not None and r.get(latency_field) is not None]
-    unscored = [r for r in rows if r.get(accuracy_axis) is None and r.get("infer_ms_p50") is not None]
+    scored = [
+        r for r in rows if r.get(accuracy_axis) is not None and r.get(latency_field) is not None
+    ]
+    unscored = [
+        r for r in rows if r.get(accuracy_axis) is None and r.get("infer_ms_p50") is not None
+    ]
 
     figure, axes = plt.subplots(figsize=(7.5, 5.0))
     points = [(float(r[latency_field]), float(r[accuracy_axis])) for r in scored]
@@ -264,20 +386,38 @@ def plot_latency_vs_accuracy(
         if high is not None:
             axes.plot([x, float(high)], [y, y], color="0.6", linewidth=1, zorder=1)
         axes.scatter([x], [y], s=36, zorder=3)
-        axes.annotate(record["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.annotate(
+            record["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
     front = pareto_front(points)
     if len(front) > 1:
         xs = [points[i][0] for i in front]
         ys = [points[i][1] for i in front]
-        axes.step(xs, ys, where="post", color="tab:red", linewidth=1.2, label="Pareto front", zorder=2)
+        axes.step(
+            xs, ys, where="post", color="tab:red", linewidth=1.2, label="Pareto front", zorder=2
+        )
     elif front:
-        axes.scatter([points[front[0]][0]], [points[front[0]][1]], s=120, facecolors="none",
-                     edgecolors="tab:red", label="Pareto front", zorder=4)
+        axes.scatter(
+            [points[front[0]][0]],
+            [points[front[0]][1]],
+            s=120,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="Pareto front",
+            zorder=4,
+        )
     for record in unscored:
         x = float(record["infer_ms_p50"])
         axes.axvline(x, color="0.4", linestyle=":", linewidth=1)
-        axes.annotate(f"{record['variant']} (inference only)", (x, 0.02), xycoords=("data", "axes fraction"),
-                      rotation=90, fontsize=8, va="bottom", ha="right")
+        axes.annotate(
+            f"{record['variant']} (inference only)",
+            (x, 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=8,
+            va="bottom",
+            ha="right",
+        )
     xs_all = [x for x, _ in points] + [float(r["infer_ms_p50"]) for r in unscored]
     if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
         axes.set_xscale("log")  # eager references can be 100× slower than the rest
@@ -301,16 +441,29 @@ def plot_throughput(records: Sequence[dict[str, Any]], path: Path, title: str = 
     variants = list(dict.fromkeys(r["variant"] for r in records))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, name in enumerate(variants):
-        rows = sorted((r for r in records if r["variant"] == name), key=lambda r: int(r["batch_size"]))
+        rows = sorted(
+            (r for r in records if r["variant"] == name), key=lambda r: int(r["batch_size"])
+        )
         colour = colours[index % len(colours)]
         batches = [int(r["batch_size"]) for r in rows]
         end_to_end = [r.get("throughput_ips") for r in rows]
         if any(v is not None for v in end_to_end):
-            axes.plot(batches, [v if v is not None else math.nan for v in end_to_end], marker="o",
-                      color=colour, label=f"{name} end-to-end")
+            axes.plot(
+                batches,
+                [v if v is not None else math.nan for v in end_to_end],
+                marker="o",
+                color=colour,
+                label=f"{name} end-to-end",
+            )
         infer = [r.get("infer_throughput_ips") for r in rows]
-        axes.plot(batches, [v if v is not None else math.nan for v in infer], marker="x", linestyle="--",
-                  color=colour, label=f"{name} inference")
+        axes.plot(
+            batches,
+            [v if v is not None else math.nan for v in infer],
+            marker="x",
+            linestyle="--",
+            color=colour,
+            label=f"{name} inference",
+        )
     axes.set_xscale("log", base=2)
     all_batches = sorted({int(r["batch_size"]) for r in records})
     axes.set_xticks(all_batches, [str(b) for b in all_batches])
@@ -325,7 +478,7 @@ def plot_throughput(records: Sequence[dict[str, Any]], path: Path, title: str = 
         plt.close(figure)
 
 
-# -- report.md --------------------------------------------------------------------------------------
+# -- report.md -------------------------------------------------------------------------------------
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -346,7 +499,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 def _machine_line(record: dict[str, Any]) -> str:
     parts = [
-        f"{record.get('machine_cpu_model', '?')} ({record.get('machine_cpu_cores_usable', '?')} usable cores)",
+        f"{record.get('machine_cpu_model', '?')} "
+        f"({record.get('machine_cpu_cores_usable', '?')} usable cores)",
         f"GPU: {record.get('machine_gpu') or 'none'}",
         f"onnxruntime {record.get('version_onnxruntime') or '–'}",
         f"torch {record.get('version_torch') or '–'}",
@@ -355,24 +509,30 @@ def _machine_line(record: dict[str, Any]) -> str:
         f"Python {record.get('version_python') or '–'}",
     ]
     if record.get("jetson_power_mode"):
-        parts.append(f"Jetson power mode {record['jetson_power_mode']}, clocks locked: "
-                     f"{_fmt(record.get('jetson_clocks_locked'))}")
+        parts.append(
+            f"Jetson power mode {record['jetson_power_mode']}, clocks locked: "
+            f"{_fmt(record.get('jetson_clocks_locked'))}"
+        )
     return "; ".join(parts)
 
 
 def render_report(
-    records: Sequence[dict[str, Any]], accuracy_axis: str = "image_auroc", title: str = "fmabs-edge benchmark",
-    profiles: dict[str, list[dict[str, Any]]] | None = None, notes: Sequence[str] = (),
+    records: Sequence[dict[str, Any]],
+    accuracy_axis: str = "image_auroc",
+    title: str = "fmabs-edge benchmark",
+    profiles: dict[str, list[dict[str, Any]]] | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
-    """A short Markdown report: machine, protocol, the main table, ratios, compute, profile, notes."""
+    """Short Markdown: machine, protocol, the main table, ratios, compute, profile, notes."""
     first = records[0]
     batches = sorted({int(r["batch_size"]) for r in records})
     smallest = batches[0]
     lines = [f"# {title}", "", f"**Machine:** {_machine_line(first)}", ""]
     lines += [
         f"**Protocol:** {first.get('warmup_iterations')} warm-up batches discarded, then "
-        f"{first.get('timed_iterations')} timed batches per variant and batch size, alternating over "
-        "the variants in blocks; ONNX Runtime idle threads do not spin; the clock is read after the "
+        f"{first.get('timed_iterations')} timed batches per variant and batch size, alternating "
+        "over the variants in blocks; ONNX Runtime idle threads do not spin; the clock is read "
+        "after the "
         "outputs are on the host. Times are per batch, in ms: *infer* is the runner alone, "
         "*end-to-end* adds decoding, the resize to S×S and mapping each anomaly map back to its "
         "image with the decision. Pixel metrics at each model's S×S.",
@@ -381,19 +541,39 @@ def render_report(
         "",
     ]
     header = [
-        "variant", "backend", "precision", "S", "infer p50 / p99 ms", "end-to-end p50 / p99 ms",
-        "images/s", "image AUROC", "pixel AUROC", "AUPRO", "F1-max", "agree w/ FP32", "size MiB",
+        "variant",
+        "backend",
+        "precision",
+        "S",
+        "infer p50 / p99 ms",
+        "end-to-end p50 / p99 ms",
+        "images/s",
+        "image AUROC",
+        "pixel AUROC",
+        "AUPRO",
+        "F1-max",
+        "agree w/ FP32",
+        "size MiB",
     ]
     rows = []
     for r in (r for r in records if int(r["batch_size"]) == smallest):
-        rows.append([
-            str(r["variant"]), str(r.get("backend", "")), str(r.get("precision", "")), _fmt(r.get("image_size")),
-            f"{_fmt(r.get('infer_ms_p50'), 1)} / {_fmt(r.get('infer_ms_p99'), 1)}",
-            f"{_fmt(r.get('latency_ms_p50'), 1)} / {_fmt(r.get('latency_ms_p99'), 1)}",
-            _fmt(r.get("throughput_ips"), 1),
-            _fmt(r.get("image_auroc")), _fmt(r.get("pixel_auroc")), _fmt(r.get("aupro")), _fmt(r.get("f1_max")),
-            _fmt(r.get("decision_agreement")), _fmt(r.get("artefact_mb"), 1),
-        ])
+        rows.append(
+            [
+                str(r["variant"]),
+                str(r.get("backend", "")),
+                str(r.get("precision", "")),
+                _fmt(r.get("image_size")),
+                f"{_fmt(r.get('infer_ms_p50'), 1)} / {_fmt(r.get('infer_ms_p99'), 1)}",
+                f"{_fmt(r.get('latency_ms_p50'), 1)} / {_fmt(r.get('latency_ms_p99'), 1)}",
+                _fmt(r.get("throughput_ips"), 1),
+                _fmt(r.get("image_auroc")),
+                _fmt(r.get("pixel_auroc")),
+                _fmt(r.get("aupro")),
+                _fmt(r.get("f1_max")),
+                _fmt(r.get("decision_agreement")),
+                _fmt(r.get("artefact_mb"), 1),
+            ]
+        )
     lines += _table(header, rows) + [""]
 
     if len(batches) > 1:
@@ -405,8 +585,11 @@ def render_report(
             row = [name]
             for batch in batches:
                 r = cells.get((name, batch))
-                row.append("–" if r is None else
-                           f"{_fmt(r.get('throughput_ips'), 1)} ({_fmt(r.get('infer_throughput_ips'), 1)})")
+                if r is None:
+                    row.append("–")
+                    continue
+                end_to_end, infer = r.get("throughput_ips"), r.get("infer_throughput_ips")
+                row.append(f"{_fmt(end_to_end, 1)} ({_fmt(infer, 1)})")
             rows.append(row)
         lines += _table(["variant"] + [f"batch {b}" for b in batches], rows) + [""]
 
@@ -415,55 +598,97 @@ def render_report(
         lines += ["## Speed ratios (p50, same run)", ""]
         rows = []
         for ratio in ratios:
-            target = "" if ratio["target_speedup"] is None else (
-                f"≥ {ratio['target_speedup']:.1f}× {'met' if ratio['met'] else 'missed'}")
-            rows.append([
-                ratio["label"], str(ratio["batch_size"]), f"{ratio['candidate']} vs {ratio['baseline']}",
-                f"{_fmt(ratio['infer_speedup'], 2)}×", f"{_fmt(ratio['latency_speedup'], 2)}×", target,
-            ])
-        lines += _table(["comparison", "batch", "variants", "inference", "end-to-end", "target"], rows) + [""]
+            target = (
+                ""
+                if ratio["target_speedup"] is None
+                else (f"≥ {ratio['target_speedup']:.1f}× {'met' if ratio['met'] else 'missed'}")
+            )
+            rows.append(
+                [
+                    ratio["label"],
+                    str(ratio["batch_size"]),
+                    f"{ratio['candidate']} vs {ratio['baseline']}",
+                    f"{_fmt(ratio['infer_speedup'], 2)}×",
+                    f"{_fmt(ratio['latency_speedup'], 2)}×",
+                    target,
+                ]
+            )
+        lines += _table(
+            ["comparison", "batch", "variants", "inference", "end-to-end", "target"], rows
+        ) + [""]
 
     compute = [r for r in records if r.get("gflop_per_image") is not None]
     if compute:
-        peak = next((r.get("gemm_peak_gflop_per_s") for r in compute if r.get("gemm_peak_gflop_per_s")), None)
-        lines += [f"## Compute (float32 GEMM peak measured in this run: {_fmt(peak, 1)} GFLOP/s)", ""]
+        peak = next(
+            (r.get("gemm_peak_gflop_per_s") for r in compute if r.get("gemm_peak_gflop_per_s")),
+            None,
+        )
+        lines += [
+            f"## Compute (float32 GEMM peak measured in this run: {_fmt(peak, 1)} GFLOP/s)",
+            "",
+        ]
         rows = [
-            [str(r["variant"]), str(r["batch_size"]), _fmt(r.get("gflop_per_image"), 3),
-             _fmt(r.get("achieved_gflop_per_s"), 1), _fmt(r.get("gemm_peak_fraction"), 2)]
+            [
+                str(r["variant"]),
+                str(r["batch_size"]),
+                _fmt(r.get("gflop_per_image"), 3),
+                _fmt(r.get("achieved_gflop_per_s"), 1),
+                _fmt(r.get("gemm_peak_fraction"), 2),
+            ]
             for r in compute
         ]
-        lines += _table(["variant", "batch", "GFLOP/image", "achieved GFLOP/s (infer p50)", "share of peak"], rows)
+        lines += _table(
+            ["variant", "batch", "GFLOP/image", "achieved GFLOP/s (infer p50)", "share of peak"],
+            rows,
+        )
         lines += [""]
 
     for name, rows_profile in (profiles or {}).items():
         lines += [f"## Where {name}'s inference time goes (ONNX Runtime profiler, batch 1)", ""]
-        rows = [[p["op_type"], _fmt(p["total_ms_per_run"], 2), f"{100 * p['share']:.0f} %"] for p in rows_profile[:8]]
+        rows = [
+            [p["op_type"], _fmt(p["total_ms_per_run"], 2), f"{100 * p['share']:.0f} %"]
+            for p in rows_profile[:8]
+        ]
         lines += _table(["operator", "ms per run", "share"], rows) + [""]
 
-    noisy = sorted({f"{r['variant']} (batch {r['batch_size']})" for r in records if r.get("cv_high")})
+    noisy = sorted(
+        {f"{r['variant']} (batch {r['batch_size']})" for r in records if r.get("cv_high")}
+    )
     extra = list(notes)
     if noisy:
-        extra.append("High run-to-run variation (CV > limit), treat their percentiles with care: " + ", ".join(noisy))
+        extra.append(
+            "High run-to-run variation (CV > limit), treat their percentiles with care: "
+            + ", ".join(noisy)
+        )
     skipped = max((r.get("n_skipped") or 0) for r in records)
     if skipped:
         extra.append(f"{skipped} unreadable test images were skipped (named in the log).")
     if extra:
         lines += ["## Notes", ""] + [f"- {note}" for note in extra] + [""]
-    lines += [f"![latency vs {ACCURACY_LABELS.get(accuracy_axis, accuracy_axis)}]({LATENCY_PLOT})",
-              f"![throughput vs batch size]({THROUGHPUT_PLOT})", ""]
+    lines += [
+        f"![latency vs {ACCURACY_LABELS.get(accuracy_axis, accuracy_axis)}]({LATENCY_PLOT})",
+        f"![throughput vs batch size]({THROUGHPUT_PLOT})",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def write_results(
-    records: Sequence[dict[str, Any]], out_dir: str | Path, accuracy_axis: str = "image_auroc",
-    latency_field: str = "latency_ms_p50", title: str = "fmabs-edge benchmark",
-    profiles: dict[str, list[dict[str, Any]]] | None = None, notes: Sequence[str] = (),
+    records: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    accuracy_axis: str = "image_auroc",
+    latency_field: str = "latency_ms_p50",
+    title: str = "fmabs-edge benchmark",
+    profiles: dict[str, list[dict[str, Any]]] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write results.csv, results.json, both plots and report.md into ``out_dir``; returns their paths."""
+    """Write results.csv, results.json, both plots and report.md into ``out_dir``; returns paths."""
     if not records:
         raise UsageError("No benchmark records to write; every variant was skipped.")
     if accuracy_axis not in ACCURACY_AXES:
-        raise UsageError(f"accuracy axis '{accuracy_axis}' is not one of {', '.join(ACCURACY_AXES)}.")
+        raise UsageError(
+            f"accuracy axis '{accuracy_axis}' is not one of {', '.join(ACCURACY_AXES)}."
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not any(r.get(latency_field) is not None for r in records):
@@ -471,10 +696,14 @@ def write_results(
     files = {
         "csv": write_csv(records, out / RESULTS_CSV),
         "json": write_json(records, out / RESULTS_JSON),
-        "latency_plot": plot_latency_vs_accuracy(records, out / LATENCY_PLOT, accuracy_axis, latency_field),
+        "latency_plot": plot_latency_vs_accuracy(
+            records, out / LATENCY_PLOT, accuracy_axis, latency_field
+        ),
         "throughput_plot": plot_throughput(records, out / THROUGHPUT_PLOT),
     }
     files["report"] = out / REPORT_MD
-    write_text_atomic(files["report"], render_report(records, accuracy_axis, title, profiles, notes))
+    write_text_atomic(
+        files["report"], render_report(records, accuracy_axis, title, profiles, notes)
+    )
     logger.info("Benchmark report written to %s", files["report"])
     return files

@@ -53,23 +53,35 @@ def precisions_available() -> tuple[str, ...]:
     """FP16/INT8 need the precision converter (issue #3); FP32 alone otherwise, with a warning."""
     if importlib.util.find_spec("fmabs_edge.converters.precision") is not None:
         return ("fp32", "fp16", "int8")
-    logger.warning("fmabs_edge.converters.precision is not installed: FP16/INT8 variants are left out.")
+    logger.warning(
+        "fmabs_edge.converters.precision is not installed: FP16/INT8 variants are left out."
+    )
     return ("fp32",)
 
 
 def plan(
-    dataset: str, work: Path, epochs: int, base: Path | None, size: int = 256, small_size: int = 224,
-    extra_train: dict[str, Any] | None = None, precisions: tuple[str, ...] | None = None,
+    dataset: str,
+    work: Path,
+    epochs: int,
+    base: Path | None,
+    size: int = 256,
+    small_size: int = 224,
+    extra_train: dict[str, Any] | None = None,
+    precisions: tuple[str, ...] | None = None,
 ) -> Sweep:
     """The sweep of one dataset (see the module docstring)."""
     train = {"epochs": epochs, "image_size": size, "progress": False, **(extra_train or {})}
     precisions = precisions if precisions is not None else precisions_available()
     models: list[ModelEntry] = [ModelEntry("att256", train={"attention": True})]
     if base is not None:
-        models.insert(0, ModelEntry("base", checkpoint=base, precisions=precisions, torch_reference=True))
+        models.insert(
+            0, ModelEntry("base", checkpoint=base, precisions=precisions, torch_reference=True)
+        )
         rec_source = "base"
     else:
-        models[0] = ModelEntry("att256", train={"attention": True}, precisions=precisions, torch_reference=True)
+        models[0] = ModelEntry(
+            "att256", train={"attention": True}, precisions=precisions, torch_reference=True
+        )
         rec_source = "att256"
     models += [
         ModelEntry(f"{rec_source}_rec", source=rec_source, scoring=dict(RECONSTRUCTION_SCORING)),
@@ -95,30 +107,44 @@ def _smoke_category(work: Path) -> Path:
 def summary_table(results: dict[str, list[dict[str, Any]]]) -> str:
     """One Markdown table over every dataset and variant at the smallest batch size."""
     header = (
-        "| dataset | variant | backend | precision | S | infer p50 ms | end-to-end p50 ms | image AUROC "
+        "| dataset | variant | backend | precision | S | infer p50 ms | end-to-end p50 ms "
+        "| image AUROC "
         "| pixel AUROC | AUPRO | F1-max | agree w/ FP32 |"
     )
     lines = [header, "|" + " --- |" * 12]
 
     def show(value: Any, digits: int = 3) -> str:
-        return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+        return (
+            "–"
+            if value is None
+            else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+        )
 
     for dataset, records in results.items():
         smallest = min(int(r["batch_size"]) for r in records)
         for r in (r for r in records if int(r["batch_size"]) == smallest):
             lines.append(
                 f"| {dataset} | {r['variant']} | {r.get('backend', '')} | {r.get('precision', '')} "
-                f"| {show(r.get('image_size'))} | {show(r.get('infer_ms_p50'), 1)} | {show(r.get('latency_ms_p50'), 1)} "
-                f"| {show(r.get('image_auroc'))} | {show(r.get('pixel_auroc'))} | {show(r.get('aupro'))} "
+                f"| {show(r.get('image_size'))} | {show(r.get('infer_ms_p50'), 1)} "
+                f"| {show(r.get('latency_ms_p50'), 1)} | {show(r.get('image_auroc'))} "
+                f"| {show(r.get('pixel_auroc'))} | {show(r.get('aupro'))} "
                 f"| {show(r.get('f1_max'))} | {show(r.get('decision_agreement'))} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def reproduce(
-    datasets_root: Path, work: Path, out: Path, epochs: int = DEFAULT_EPOCHS, bases: dict[str, Path] | None = None,
-    datasets: tuple[str, ...] = DATASETS, batch_sizes: tuple[int, ...] = (1, 8), warmup: int = 5,
-    iterations: int = 30, smoke: bool = False, progress: bool = True,
+    datasets_root: Path,
+    work: Path,
+    out: Path,
+    epochs: int = DEFAULT_EPOCHS,
+    bases: dict[str, Path] | None = None,
+    datasets: tuple[str, ...] = DATASETS,
+    batch_sizes: tuple[int, ...] = (1, 8),
+    warmup: int = 5,
+    iterations: int = 30,
+    smoke: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Run the plan on each dataset; write ``out/<dataset>/`` reports and ``out/variants.md``."""
     started = time.perf_counter()
@@ -127,20 +153,42 @@ def reproduce(
     for dataset in datasets:
         if smoke:
             data = _smoke_category(work)
-            sweep = plan(dataset, work, epochs=1, base=None, size=48, small_size=32,
-                         extra_train={"batch_size": 4, "val_fraction": 0.25})
+            sweep = plan(
+                dataset,
+                work,
+                epochs=1,
+                base=None,
+                size=48,
+                small_size=32,
+                extra_train={"batch_size": 4, "val_fraction": 0.25},
+            )
         else:
             data = datasets_root / dataset
-            sweep = plan(dataset, work, epochs, (bases or {}).get(dataset), extra_train=DATASET_TRAIN.get(dataset))
+            sweep = plan(
+                dataset,
+                work,
+                epochs,
+                (bases or {}).get(dataset),
+                extra_train=DATASET_TRAIN.get(dataset),
+            )
         sweep.train_data = data
         logger.info("%s: %d models, work folder %s", dataset, len(sweep.models), sweep.work_dir)
         result = run_benchmark(
-            [], data, sweep=sweep, batch_sizes=batch_sizes, warmup=warmup, iterations=iterations,
-            out_dir=out / dataset, accuracy_axis="aupro", progress=progress,
+            [],
+            data,
+            sweep=sweep,
+            batch_sizes=batch_sizes,
+            warmup=warmup,
+            iterations=iterations,
+            out_dir=out / dataset,
+            accuracy_axis="aupro",
+            progress=progress,
             title=f"fmabs-edge variants: {dataset}",
         )
         results[dataset] = result.records
-        sections.append(render_report(result.records, "aupro", title=f"{dataset}").split("\n", 1)[1])
+        sections.append(
+            render_report(result.records, "aupro", title=f"{dataset}").split("\n", 1)[1]
+        )
         logger.info("%s done after %.0f s", dataset, time.perf_counter() - started)
 
     elapsed_min = (time.perf_counter() - started) / 60.0
@@ -158,15 +206,40 @@ def reproduce(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"), help="Folder of the datasets.")
-    parser.add_argument("--work", type=Path, default=Path("runs/variants"), help="Checkpoints and ONNX files (reused).")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/variants"), help="Reports and variants.md.")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="Epochs of each ablation training.")
-    parser.add_argument("--base", action="append", default=[], metavar="DATASET=CHECKPOINT",
-                        help="Reuse a 256-px attention checkpoint as the base model of DATASET (repeatable).")
-    parser.add_argument("--dataset", action="append", choices=DATASETS, default=None, help="Only these datasets.")
-    parser.add_argument("--iterations", type=int, default=30, help="Timed batches per variant and batch size.")
-    parser.add_argument("--smoke", action="store_true", help="A tiny synthetic run that checks the script.")
+    parser.add_argument(
+        "--datasets", type=Path, default=Path("../shared/datasets"), help="Folder of the datasets."
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/variants"),
+        help="Checkpoints and ONNX files (reused).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/variants"),
+        help="Reports and variants.md.",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS, help="Epochs of each ablation training."
+    )
+    parser.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="DATASET=CHECKPOINT",
+        help="Reuse a 256-px attention checkpoint as the base model of DATASET (repeatable).",
+    )
+    parser.add_argument(
+        "--dataset", action="append", choices=DATASETS, default=None, help="Only these datasets."
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=30, help="Timed batches per variant and batch size."
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="A tiny synthetic run that checks the script."
+    )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -175,14 +248,26 @@ def main() -> None:
     for item in args.base:
         name, _, path = item.partition("=")
         if name not in DATASETS or not path:
-            parser.error(f"--base takes DATASET=CHECKPOINT with DATASET one of {DATASETS}, got '{item}'")
+            parser.error(
+                f"--base takes DATASET=CHECKPOINT with DATASET one of {DATASETS}, got '{item}'"
+            )
         bases[name] = Path(path)
     datasets = tuple(args.dataset or (("smoke",) if args.smoke else DATASETS))
     iterations = 3 if args.smoke else args.iterations
     batch_sizes = (1, 2) if args.smoke else (1, 8)
-    path = reproduce(args.datasets, args.work, args.out, args.epochs, bases, datasets, batch_sizes,
-                     warmup=1 if args.smoke else 5, iterations=iterations, smoke=args.smoke,
-                     progress=not args.no_progress)
+    path = reproduce(
+        args.datasets,
+        args.work,
+        args.out,
+        args.epochs,
+        bases,
+        datasets,
+        batch_sizes,
+        warmup=1 if args.smoke else 5,
+        iterations=iterations,
+        smoke=args.smoke,
+        progress=not args.no_progress,
+    )
     print(path.read_text().split("\n\n## ", 1)[0])
 
 

@@ -39,7 +39,13 @@ from fmabs_edge.benchmarks.protocol import (
     model_input_size,
     reset_warnings,
 )
-from fmabs_edge.benchmarks.reference import ExternalOnnx, MacCount, count_macs, measure_gemm_peak, profile_ort
+from fmabs_edge.benchmarks.reference import (
+    ExternalOnnx,
+    MacCount,
+    count_macs,
+    measure_gemm_peak,
+    profile_ort,
+)
 from fmabs_edge.benchmarks.system import MemorySampler, machine_info
 from fmabs_edge.data import TestSample, list_images, list_test_samples
 from fmabs_edge.errors import CorruptImageError, ModelError, UsageError
@@ -103,10 +109,14 @@ def variant_backend(path: Path, backend: str | None) -> str:
 def parse_variant(text: str | Path, backend: str | None = None) -> VariantSpec:
     """``PATH`` or ``NAME=PATH`` -> VariantSpec with the backend rule of :func:`variant_backend`."""
     text = str(text)
-    name, _, path_text = text.rpartition("=") if "=" in text and not Path(text).exists() else ("", "", text)
+    name, _, path_text = (
+        text.rpartition("=") if "=" in text and not Path(text).exists() else ("", "", text)
+    )
     path = Path(path_text)
     if not path.exists():
-        raise UsageError(f"Variant artefact not found: {path}. Give an ONNX file, checkpoint or engine.")
+        raise UsageError(
+            f"Variant artefact not found: {path}. Give an ONNX file, checkpoint or engine."
+        )
     return VariantSpec(path=path, backend=variant_backend(path, backend), name=name)
 
 
@@ -127,7 +137,10 @@ def _open_spec(spec: VariantSpec) -> TimedVariant:
     options: dict[str, Any] = {"spin_threads": False} if spec.backend == "ort" else {}
     runner = load_runner(spec.path, spec.backend, **options)
     return TimedVariant(
-        name=spec.name, runner=runner, sync=getattr(runner, "synchronize", None), info=_variant_info(runner, spec)
+        name=spec.name,
+        runner=runner,
+        sync=getattr(runner, "synchronize", None),
+        info=_variant_info(runner, spec),
     )
 
 
@@ -137,7 +150,9 @@ def _variant_info(runner: Any, spec: VariantSpec | None) -> dict[str, Any]:
     path = spec.path if spec is not None else Path(getattr(runner, "path", ""))
     backend = spec.backend if spec is not None else getattr(runner, "backend", "")
     if backend == "torch" and path.is_file():
-        model_id = sha256_file(path)  # an export records the sha256 of the checkpoint file it came from
+        model_id = sha256_file(
+            path
+        )  # an export records the sha256 of the checkpoint file it came from
     else:
         model_id = metadata.checkpoint_sha256
     return {
@@ -161,18 +176,35 @@ def _as_timed(item: VariantLike, backend: str | None) -> tuple[TimedVariant, boo
         return item, False
     if isinstance(item, Runner):
         name = getattr(item, "name", None) or item.path.stem
-        return TimedVariant(name, item, getattr(item, "synchronize", None), info=_variant_info(item, None)), False
+        return (
+            TimedVariant(
+                name, item, getattr(item, "synchronize", None), info=_variant_info(item, None)
+            ),
+            False,
+        )
     spec = item if isinstance(item, VariantSpec) else parse_variant(item, backend)
     return _open_spec(spec), True
 
 
-def _external_variant(path: Path, input_shape: tuple[int, ...] | None) -> tuple[TimedVariant, ExternalOnnx]:
+def _external_variant(
+    path: Path, input_shape: tuple[int, ...] | None
+) -> tuple[TimedVariant, ExternalOnnx]:
     external = ExternalOnnx(path, input_shape=input_shape)
-    info = {"artefact": str(path), "backend": external.backend, "precision": "", "artefact_mb": artefact_mb(path)}
-    return TimedVariant(f"{path.stem} (external)", external, make_input=external.example_input, info=info), external
+    info = {
+        "artefact": str(path),
+        "backend": external.backend,
+        "precision": "",
+        "artefact_mb": artefact_mb(path),
+    }
+    return (
+        TimedVariant(
+            f"{path.stem} (external)", external, make_input=external.example_input, info=info
+        ),
+        external,
+    )
 
 
-# -- data ---------------------------------------------------------------------------------------------
+# -- data ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -191,7 +223,7 @@ def _subsample(items: list, max_images: int | None) -> list:
 
 
 def load_test_set(data: str | Path, max_images: int | None = None) -> _TestSet:
-    """Labelled samples of an MVTec-style category (or the images of a plain folder), readable ones only."""
+    """Labelled samples of an MVTec-style category (or a plain folder's images), readable ones."""
     data = Path(data)
     if max_images is not None and max_images < 1:
         raise UsageError(f"max_images must be at least 1, got {max_images}.")
@@ -218,20 +250,24 @@ def load_test_set(data: str | Path, max_images: int | None = None) -> _TestSet:
     return _TestSet(readable, samples, len(skipped))
 
 
-# -- the run ------------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------
 
 
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
     )
 
 
 def _macs_for(variant: TimedVariant, external: dict[str, ExternalOnnx]) -> MacCount | None:
-    """Count an ONNX variant's graph; a checkpoint or engine borrows its FP32 ONNX sibling's count."""
+    """Count an ONNX variant's graph (checkpoints and engines borrow an FP32 sibling's count)."""
     if variant.name in external:
         return external[variant.name].macs()
     path = Path(variant.info.get("artefact", ""))
@@ -251,20 +287,31 @@ def _borrow_macs(variants: Sequence[TimedVariant], counts: dict[str, MacCount | 
         model = variant.info.get("checkpoint_sha256")
         size = variant.info.get("image_size")
         for other in variants:
-            same = other.info.get("checkpoint_sha256") == model and other.info.get("image_size") == size
-            if model and same and counts.get(other.name) is not None and report._is_fp32(other.info):
+            same = (
+                other.info.get("checkpoint_sha256") == model
+                and other.info.get("image_size") == size
+            )
+            if (
+                model
+                and same
+                and counts.get(other.name) is not None
+                and report._is_fp32(other.info)
+            ):
                 counts[variant.name] = counts[other.name]
                 break
 
 
 def _fp32_reference(variant: TimedVariant, variants: Sequence[TimedVariant]) -> TimedVariant | None:
-    """The FP32 ORT variant of the same checkpoint (another FP32 variant where there is no ORT one)."""
+    """The FP32 ORT variant of the same checkpoint (else another FP32 variant of it)."""
     model = variant.info.get("checkpoint_sha256")
     if not model:
         return None
     candidates = [
-        v for v in variants
-        if v.info.get("checkpoint_sha256") == model and report._is_fp32(v.info) and not v.inference_only
+        v
+        for v in variants
+        if v.info.get("checkpoint_sha256") == model
+        and report._is_fp32(v.info)
+        and not v.inference_only
     ]
     candidates.sort(key=lambda v: v.info.get("backend") != "ort")
     reference = candidates[0] if candidates else None
@@ -304,7 +351,9 @@ def run_benchmark(
     summary per ONNX variant at batch 1 in the report. ``clock``: seconds (tests pass a fake one).
     """
     if accuracy_axis not in report.ACCURACY_AXES:
-        raise UsageError(f"accuracy_axis '{accuracy_axis}' is not one of {', '.join(report.ACCURACY_AXES)}.")
+        raise UsageError(
+            f"accuracy_axis '{accuracy_axis}' is not one of {', '.join(report.ACCURACY_AXES)}."
+        )
     items: list[VariantLike] = list(variants)
     if sweep is not None:
         from fmabs_edge.benchmarks.sweep import Sweep, load_sweep, prepare_sweep
@@ -313,7 +362,9 @@ def run_benchmark(
         items += prepare_sweep(plan, default_data=Path(data), backend=backend)
     if not items and reference is None:
         raise UsageError("Nothing to benchmark: give artefacts, --sweep FILE or --reference FILE.")
-    items = [parse_variant(item, backend) if isinstance(item, (str, Path)) else item for item in items]
+    items = [
+        parse_variant(item, backend) if isinstance(item, (str, Path)) else item for item in items
+    ]
     unique_names([item for item in items if isinstance(item, VariantSpec)])
     reset_warnings()
     test_set = load_test_set(data, max_images)
@@ -344,14 +395,24 @@ def run_benchmark(
             _borrow_macs(timed, counts)
 
             # Accuracy: the whole test set once through the same pipeline, per variant.
-            results: dict[str, dict[str, Any]] = {v.name: {"n_skipped": test_set.n_skipped} for v in timed}
+            results: dict[str, dict[str, Any]] = {
+                v.name: {"n_skipped": test_set.n_skipped} for v in timed
+            }
             if accuracy:
                 _score_variants(timed, test_set, max(batch_sizes), clock, bar, results)
 
             # Timing: the protocol, every variant and batch size.
             records = measure(
-                timed, test_set.frames, batch_sizes, warmup, iterations, block_iterations, cv_limit, clock,
-                MemorySampler(), bar,
+                timed,
+                test_set.frames,
+                batch_sizes,
+                warmup,
+                iterations,
+                block_iterations,
+                cv_limit,
+                clock,
+                MemorySampler(),
+                bar,
             )
         profiles = _profiles(timed) if profile else None
     finally:
@@ -364,22 +425,35 @@ def run_benchmark(
         record.update(results.get(record["variant"], {}))
         _add_compute(record, counts.get(record["variant"]), gemm)
         record.update(machine)
-    notes = [f"Test set: {len(test_set.frames)} images of {Path(data)}"
-             + (f" ({test_set.n_skipped} unreadable skipped)." if test_set.n_skipped else ".")]
+    notes = [
+        f"Test set: {len(test_set.frames)} images of {Path(data)}"
+        + (f" ({test_set.n_skipped} unreadable skipped)." if test_set.n_skipped else ".")
+    ]
     files = report.write_results(
-        records, out_dir, accuracy_axis=accuracy_axis, title=title or f"fmabs-edge benchmark: {dataset}",
-        profiles=profiles, notes=notes,
+        records,
+        out_dir,
+        accuracy_axis=accuracy_axis,
+        title=title or f"fmabs-edge benchmark: {dataset}",
+        profiles=profiles,
+        notes=notes,
     )
     return BenchmarkResult(records, files)
 
 
 def _score_variants(
-    timed: Sequence[TimedVariant], test_set: _TestSet, batch_size: int, clock: Clock, bar: Any,
+    timed: Sequence[TimedVariant],
+    test_set: _TestSet,
+    batch_size: int,
+    clock: Clock,
+    bar: Any,
     results: dict[str, dict[str, Any]],
 ) -> None:
     """Accuracy fields per variant (needs labels) and agreement with each one's FP32 reference."""
     if test_set.samples is None:
-        logger.info("%s is not an MVTec-style category: timing only, no accuracy.", test_set.frames[0].parent)
+        logger.info(
+            "%s is not an MVTec-style category: timing only, no accuracy.",
+            test_set.frames[0].parent,
+        )
         return
     labels = np.array([s.is_anomalous for s in test_set.samples])
     has_masks = any(s.mask is not None for s in test_set.samples)

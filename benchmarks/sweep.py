@@ -2,11 +2,11 @@
 
 A sweep file is YAML (``.yaml``/``.yml``) or TOML (``.toml``); relative paths are relative to it::
 
-    work_dir: sweep_work          # where checkpoints and ONNX files are made (default: next to the file)
+    work_dir: sweep_work          # checkpoints and ONNX files (default: <file stem>_work)
     train_data: null              # normal images to train on (default: the benchmark's --data)
     calib: null                   # INT8 calibration folder (default: the converter's own default)
     check_export: true            # each export compares ONNX Runtime with PyTorch (slower, safer)
-    precision_gate: true          # FP16/INT8 conversions score themselves against FP32 (a miss warns)
+    precision_gate: true          # FP16/INT8 conversions score themselves (a miss warns)
     defaults:                     # TrainOptions fields for every trained model
       epochs: 10
     models:
@@ -50,8 +50,16 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _MODEL_KEYS = {"name", "train", "precisions", "torch_reference", "checkpoint", "from", "scoring"}
-_SWEEP_KEYS = {"work_dir", "train_data", "calib", "defaults", "models", "variants", "check_export",
-               "precision_gate"}
+_SWEEP_KEYS = {
+    "work_dir",
+    "train_data",
+    "calib",
+    "defaults",
+    "models",
+    "variants",
+    "check_export",
+    "precision_gate",
+}
 
 
 @dataclass
@@ -109,7 +117,9 @@ def load_sweep(path: str | Path) -> Sweep:
     data = _read_mapping(path)
     unknown = set(data) - _SWEEP_KEYS
     if unknown:
-        raise UsageError(f"Sweep file {path}: unknown keys {sorted(unknown)}; allowed: {sorted(_SWEEP_KEYS)}.")
+        raise UsageError(
+            f"Sweep file {path}: unknown keys {sorted(unknown)}; allowed: {sorted(_SWEEP_KEYS)}."
+        )
     base = path.parent
 
     def resolve(value: Any) -> Path | None:
@@ -119,7 +129,9 @@ def load_sweep(path: str | Path) -> Sweep:
     variants = []
     for entry in data.get("variants") or []:
         if not isinstance(entry, dict) or "path" not in entry:
-            raise UsageError(f"Sweep file {path}: each of 'variants' needs a 'path' (and may have a 'name').")
+            raise UsageError(
+                f"Sweep file {path}: each of 'variants' needs a 'path' (and may have a 'name')."
+            )
         artefact = resolve(entry["path"])
         variants.append((str(entry.get("name") or artefact.stem), artefact))
     sweep = Sweep(
@@ -142,7 +154,8 @@ def _parse_model(entry: Any, path: Path, resolve) -> ModelEntry:
     unknown = set(entry) - _MODEL_KEYS
     if unknown:
         raise UsageError(
-            f"Sweep file {path}, model '{entry['name']}': unknown keys {sorted(unknown)}; allowed: {sorted(_MODEL_KEYS)}."
+            f"Sweep file {path}, model '{entry['name']}': unknown keys {sorted(unknown)}; "
+            f"allowed: {sorted(_MODEL_KEYS)}."
         )
     precisions = entry.get("precisions", ["fp32"])
     if isinstance(precisions, str):
@@ -159,29 +172,36 @@ def _parse_model(entry: Any, path: Path, resolve) -> ModelEntry:
 
 
 def check_sweep(sweep: Sweep, source: str = "sweep") -> None:
-    """Names unique, precisions known, ``from`` pointing at an earlier model, scoring only with ``from``."""
+    """Unique names, ``from`` naming an earlier model, ``scoring`` needs ``from``."""
     seen: set[str] = set()
     for model in sweep.models:
         if model.name in seen:
             raise UsageError(f"{source}: two models are named '{model.name}'.")
         bad = [p for p in model.precisions if p not in PRECISIONS]
         if bad:
-            raise UsageError(f"{source}, model '{model.name}': unknown precisions {bad}; use {list(PRECISIONS)}.")
+            raise UsageError(
+                f"{source}, model '{model.name}': unknown precisions {bad}; use {list(PRECISIONS)}."
+            )
         if model.source is not None and model.source not in seen:
             raise UsageError(
-                f"{source}, model '{model.name}': 'from: {model.source}' must name a model listed before it."
+                f"{source}, model '{model.name}': 'from: {model.source}' must name a model "
+                "listed before it."
             )
         if model.source is not None and (model.train or model.checkpoint):
-            raise UsageError(f"{source}, model '{model.name}': 'from' takes only 'scoring', not 'train'/'checkpoint'.")
+            raise UsageError(
+                f"{source}, model '{model.name}': 'from' takes only 'scoring', "
+                "not 'train'/'checkpoint'."
+            )
         if model.scoring and model.source is None:
             raise UsageError(
-                f"{source}, model '{model.name}': 'scoring' needs 'from: <model>' (the weights to re-score); "
+                f"{source}, model '{model.name}': 'scoring' needs 'from: <model>' "
+                "(the weights to re-score); "
                 "to train with a scoring, put it under 'train: {scoring: {...}}'."
             )
         seen.add(model.name)
 
 
-# -- making what is missing ----------------------------------------------------------------------------
+# -- making what is missing ------------------------------------------------------------------------
 
 
 def _train_options(fields: dict[str, Any]) -> Any:
@@ -192,7 +212,9 @@ def _train_options(fields: dict[str, Any]) -> Any:
     if isinstance(fields.get("scoring"), dict):
         fields["scoring"] = ModelMetadata.from_dict({"scoring": fields["scoring"]}).scoring
     elif fields.get("scoring") is not None and not isinstance(fields["scoring"], ScoringConfig):
-        raise UsageError(f"train.scoring must be a mapping of ScoringConfig fields, got {fields['scoring']!r}.")
+        raise UsageError(
+            f"train.scoring must be a mapping of ScoringConfig fields, got {fields['scoring']!r}."
+        )
     if "teacher_weights" in fields and fields["teacher_weights"] is not None:
         fields["teacher_weights"] = Path(fields["teacher_weights"])
     try:
@@ -202,7 +224,10 @@ def _train_options(fields: dict[str, Any]) -> Any:
 
 
 def rescore_checkpoint(
-    source: str | Path, target: str | Path, scoring: dict[str, Any], max_false_reject: float | None = None,
+    source: str | Path,
+    target: str | Path,
+    scoring: dict[str, Any],
+    max_false_reject: float | None = None,
     batch_size: int = 8,
 ) -> ModelMetadata:
     """Write ``target``: the weights of ``source`` with other scoring fields.
@@ -211,8 +236,6 @@ def rescore_checkpoint(
     the normalisation statistics and the threshold are re-fitted on the checkpoint's own held-out
     normal images (``metadata.training["heldout_files"]``) with the training rule.
     """
-    import torch  # noqa: F401 - the [train] extra, needed by everything below
-
     from fmabs_edge.checkpoint import load_checkpoint, save_checkpoint
     from fmabs_edge.model import DeployModel
     from fmabs_edge.threshold import fit_threshold
@@ -224,18 +247,31 @@ def rescore_checkpoint(
     updated = ModelMetadata.from_dict(merged, f"{source} with scoring {scoring}")
     heldout = [Path(p) for p in metadata.training.get("heldout_files", [])]
     if not heldout:
-        raise ModelError(f"{source} lists no held-out images; re-scoring needs them to fit statistics and threshold.")
+        raise ModelError(
+            f"{source} lists no held-out images; re-scoring needs them to fit statistics "
+            "and threshold."
+        )
     images, kept, _ = load_normal_images(heldout, metadata.image_size)
     if len(kept) == 0:
-        raise ModelError(f"None of the held-out images of {source} can be read (first: {heldout[0]}).")
+        raise ModelError(
+            f"None of the held-out images of {source} can be read (first: {heldout[0]})."
+        )
 
     updated.normalisation = fit_normalisation(net, updated.scoring, images, batch_size)
     deploy = DeployModel(net, updated.scoring, updated.normalisation).eval()
     rate = TrainOptions().max_false_reject if max_false_reject is None else max_false_reject
-    updated.threshold, updated.threshold_rule = fit_threshold(score_images(deploy, images, batch_size), rate)
-    updated.training = {**metadata.training, "rescored_from": str(source), "rescored_from_sha256": sha256_file(source)}
+    updated.threshold, updated.threshold_rule = fit_threshold(
+        score_images(deploy, images, batch_size), rate
+    )
+    updated.training = {
+        **metadata.training,
+        "rescored_from": str(source),
+        "rescored_from_sha256": sha256_file(source),
+    }
     save_checkpoint(target, net, updated)
-    logger.info("Re-scored %s -> %s with %s (threshold %.4g)", source, target, scoring, updated.threshold)
+    logger.info(
+        "Re-scored %s -> %s with %s (threshold %.4g)", source, target, scoring, updated.threshold
+    )
     return updated
 
 
@@ -262,7 +298,7 @@ def int8_target(backend: str | None) -> str:
 def make_precision_variant(
     fp32_onnx: Path, precision: str, out_path: Path, calib: Path | None, target: str, gate: bool
 ) -> None:
-    """FP16/INT8 ONNX from the FP32 file with :func:`fmabs_edge.converters.precision.convert_precision`.
+    """FP16/INT8 ONNX from the FP32 file (``fmabs_edge.converters.precision.convert_precision``).
 
     A variant that misses the accuracy gate is kept (marked failing in its metadata) and
     benchmarked anyway, with a warning: the benchmark reports its accuracy beside FP32.
@@ -271,14 +307,24 @@ def make_precision_variant(
         from fmabs_edge.converters.precision import convert_precision
     except ImportError as err:
         raise UsageError(
-            f"The sweep asks for {precision}, but fmabs_edge.converters.precision is not available ({err}); "
+            f"The sweep asks for {precision}, but fmabs_edge.converters.precision is not "
+            f"available ({err}); "
             "list only fp32, or install an fmabs-edge that has it."
         ) from err
     report = convert_precision(
-        fp32_onnx, out_path, precision, target=target, calib=calib, gate=gate, raise_on_gate_failure=False
+        fp32_onnx,
+        out_path,
+        precision,
+        target=target,
+        calib=calib,
+        gate=gate,
+        raise_on_gate_failure=False,
     )
     if gate and not report.passed:
-        logger.warning("%s missed the accuracy gate; it is benchmarked anyway (see its accuracy columns).", out_path)
+        logger.warning(
+            "%s missed the accuracy gate; it is benchmarked anyway (see its accuracy columns).",
+            out_path,
+        )
 
 
 def _warn_if_trained_otherwise(checkpoint: Path, options: Any) -> None:
@@ -287,19 +333,26 @@ def _warn_if_trained_otherwise(checkpoint: Path, options: Any) -> None:
 
     stored = ModelMetadata.from_dict(read_checkpoint(checkpoint)["metadata"], str(checkpoint))
     wanted = {
-        "image_size": options.image_size, "attention": options.attention, "backbone": options.backbone,
-        "decoder": options.decoder, "epochs": options.epochs,
+        "image_size": options.image_size,
+        "attention": options.attention,
+        "backbone": options.backbone,
+        "decoder": options.decoder,
+        "epochs": options.epochs,
     }
     found = {
-        "image_size": stored.model.image_size, "attention": stored.model.attention,
-        "backbone": stored.model.backbone, "decoder": stored.model.decoder,
+        "image_size": stored.model.image_size,
+        "attention": stored.model.attention,
+        "backbone": stored.model.backbone,
+        "decoder": stored.model.decoder,
         "epochs": stored.training.get("epochs"),
     }
     differ = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
     if differ:
         logger.warning(
-            "Reusing %s although it differs from the sweep (found, wanted): %s; delete it to retrain.",
-            checkpoint, differ,
+            "Reusing %s although it differs from the sweep (found, wanted): %s; "
+            "delete it to retrain.",
+            checkpoint,
+            differ,
         )
 
 
@@ -331,7 +384,7 @@ def _checkpoint_for(model: ModelEntry, sweep: Sweep, data: Path, made: dict[str,
 
 
 def prepare_sweep(sweep: Sweep, default_data: Path, backend: str | None = None) -> list[Any]:
-    """Make the sweep's missing checkpoints and ONNX files; return VariantSpecs for the benchmark."""
+    """Make the sweep's missing checkpoints and ONNX files; return the benchmark's VariantSpecs."""
     from fmabs_edge.benchmarks.run import VariantSpec, variant_backend
 
     data = sweep.train_data or default_data
@@ -355,7 +408,9 @@ def prepare_sweep(sweep: Sweep, default_data: Path, backend: str | None = None) 
                 make_precision_variant(
                     fp32, precision, path, sweep.calib, int8_target(backend), sweep.precision_gate
                 )
-            specs.append(VariantSpec(path, variant_backend(path, backend), f"{model.name}-{precision}"))
+            specs.append(
+                VariantSpec(path, variant_backend(path, backend), f"{model.name}-{precision}")
+            )
         if model.torch_reference:
             specs.append(VariantSpec(checkpoint, "torch", f"{model.name}-torch"))
     for name, path in sweep.variants:

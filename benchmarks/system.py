@@ -85,7 +85,9 @@ def _command_output(command: list[str], timeout_s: float = 5.0) -> str | None:
     if shutil.which(command[0]) is None:
         return None
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except (OSError, subprocess.SubprocessError) as err:
         logger.debug("%s failed: %s", command[0], err)
         return None
@@ -199,7 +201,9 @@ def _meminfo_used_mb() -> float | None:
 
 def _nvidia_smi_used_mb() -> float | None:
     """Memory in use on GPU 0 from nvidia-smi (MiB), where NVML's Python binding is absent."""
-    text = _command_output(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    text = _command_output(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+    )
     try:
         return float(text.splitlines()[0]) if text else None
     except ValueError:

@@ -14,11 +14,15 @@ from fmabs_edge.metadata import ModelConfig, ModelMetadata
 
 
 def make_brightness_onnx(
-    path: Path, size: int = 32, threshold: float = 0.5, precision: str = "fp32", checkpoint_sha256: str = "tiny"
+    path: Path,
+    size: int = 32,
+    threshold: float = 0.5,
+    precision: str = "fp32",
+    checkpoint_sha256: str = "tiny",
 ) -> Path:
     """A graph that follows the fmabs-edge contract: the map is mean(RGB)/255 by a 1x1 Conv.
 
-    images (N, S, S, 3) uint8 -> anomaly_map (N, 1, S, S) float32, image_score (N,) = max of the map.
+    images (N, S, S, 3) uint8 -> anomaly_map (N, 1, S, S) float32, image_score (N,) = map max.
     It has S*S*3 multiply-accumulates per image.
     """
     weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 3, 1, 1], [1.0 / 765.0] * 3)
@@ -51,7 +55,9 @@ def make_brightness_onnx(
     return path
 
 
-def make_bright_defect_category(root: Path, n_good: int = 4, n_defect: int = 4, size: int = 48) -> Path:
+def make_bright_defect_category(
+    root: Path, n_good: int = 4, n_defect: int = 4, size: int = 48
+) -> Path:
     """An MVTec-style folder: dark noisy images; defects are bright squares with their masks."""
     rng = np.random.default_rng(0)
     category = root / "bright"

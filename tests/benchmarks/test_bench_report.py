@@ -35,16 +35,50 @@ def _records(ratio_slow: float = 30.0) -> list[dict]:
     rows = []
     for batch in (1, 4):
         rows += [
-            base | {"variant": "fp32", "backend": "ort", "precision": "fp32", "batch_size": batch,
-                    "infer_ms_p50": 10.0 * batch, "latency_ms_p50": 14.0 * batch, "image_auroc": 0.99, "aupro": 0.9},
-            base | {"variant": "int8", "backend": "ort", "precision": "int8", "batch_size": batch,
-                    "infer_ms_p50": 5.0 * batch, "latency_ms_p50": 9.0 * batch, "image_auroc": 0.98, "aupro": 0.85},
-            base | {"variant": "eager", "backend": "torch", "precision": "fp32", "batch_size": batch,
-                    "infer_ms_p50": ratio_slow * batch, "latency_ms_p50": 34.0 * batch, "image_auroc": 0.99,
-                    "aupro": 0.9},
+            base
+            | {
+                "variant": "fp32",
+                "backend": "ort",
+                "precision": "fp32",
+                "batch_size": batch,
+                "infer_ms_p50": 10.0 * batch,
+                "latency_ms_p50": 14.0 * batch,
+                "image_auroc": 0.99,
+                "aupro": 0.9,
+            },
+            base
+            | {
+                "variant": "int8",
+                "backend": "ort",
+                "precision": "int8",
+                "batch_size": batch,
+                "infer_ms_p50": 5.0 * batch,
+                "latency_ms_p50": 9.0 * batch,
+                "image_auroc": 0.98,
+                "aupro": 0.85,
+            },
+            base
+            | {
+                "variant": "eager",
+                "backend": "torch",
+                "precision": "fp32",
+                "batch_size": batch,
+                "infer_ms_p50": ratio_slow * batch,
+                "latency_ms_p50": 34.0 * batch,
+                "image_auroc": 0.99,
+                "aupro": 0.9,
+            },
         ]
-    rows.append({"variant": "patchcore", "backend": "ort-external", "precision": "", "batch_size": 1,
-                 "checkpoint_sha256": "", "infer_ms_p50": 12.0})
+    rows.append(
+        {
+            "variant": "patchcore",
+            "backend": "ort-external",
+            "precision": "",
+            "batch_size": 1,
+            "checkpoint_sha256": "",
+            "infer_ms_p50": 12.0,
+        }
+    )
     return rows
 
 
@@ -57,8 +91,12 @@ def test_key_ratios_pair_variants_of_one_checkpoint():
     int8 = ratios[("ORT INT8 vs FP32", 1)]
     assert int8["infer_speedup"] == pytest.approx(2.0) and int8["met"] is True
     external = ratios[("fastest variant vs external reference", 1)]
-    assert external["candidate"] == "int8" and external["infer_speedup"] == pytest.approx(12.0 / 5.0)
-    missed = {(r["label"], r["batch_size"]): r for r in report.key_ratios(_records(ratio_slow=15.0))}
+    assert external["candidate"] == "int8" and external["infer_speedup"] == pytest.approx(
+        12.0 / 5.0
+    )
+    missed = {
+        (r["label"], r["batch_size"]): r for r in report.key_ratios(_records(ratio_slow=15.0))
+    }
     assert missed[("ORT FP32 vs PyTorch eager", 1)]["met"] is False
 
 
@@ -78,8 +116,16 @@ def fake_run(tmp_path, bright_category):
         FakeRunner("int8", [2.0, 3.0], clock=clock, precision="int8"),
     ]
     return run_benchmark(
-        variants, bright_category, batch_sizes=(1, 2), warmup=1, iterations=4, out_dir=tmp_path / "out",
-        accuracy_axis="aupro", gemm_seconds=0, progress=False, clock=clock,
+        variants,
+        bright_category,
+        batch_sizes=(1, 2),
+        warmup=1,
+        iterations=4,
+        out_dir=tmp_path / "out",
+        accuracy_axis="aupro",
+        gemm_seconds=0,
+        progress=False,
+        clock=clock,
     )
 
 
@@ -88,7 +134,12 @@ def test_results_csv_and_json_hold_one_flat_record_per_variant_and_batch(fake_ru
     rows = list(csv.DictReader(files["csv"].open()))
     data = json.loads(files["json"].read_text())
     assert len(rows) == len(data) == 4
-    assert [(r["variant"], int(r["batch_size"])) for r in data] == [("fp32", 1), ("int8", 1), ("fp32", 2), ("int8", 2)]
+    assert [(r["variant"], int(r["batch_size"])) for r in data] == [
+        ("fp32", 1),
+        ("int8", 1),
+        ("fp32", 2),
+        ("int8", 2),
+    ]
     header = list(rows[0])
     assert header[: len(report.IDENTITY_FIELDS)] == [f for f in report.IDENTITY_FIELDS]
     for name in header:
@@ -96,8 +147,17 @@ def test_results_csv_and_json_hold_one_flat_record_per_variant_and_batch(fake_ru
     for record in data:
         assert list(record) == header
         assert all(not isinstance(value, (dict, list)) for value in record.values())
-        for name in ("infer_ms_p50", "infer_ms_p99", "latency_ms_p50", "latency_ms_p99", "throughput_ips",
-                     "rss_mb_peak", "machine_cpu_model", "machine_cpu_cores_logical", "version_numpy"):
+        for name in (
+            "infer_ms_p50",
+            "infer_ms_p99",
+            "latency_ms_p50",
+            "latency_ms_p99",
+            "throughput_ips",
+            "rss_mb_peak",
+            "machine_cpu_model",
+            "machine_cpu_cores_logical",
+            "version_numpy",
+        ):
             assert record[name] not in (None, "")
     assert data[0]["infer_ms_p50"] == pytest.approx(4.0)
     assert float(rows[0]["infer_ms_p50"]) == pytest.approx(4.0)

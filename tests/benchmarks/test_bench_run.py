@@ -21,14 +21,19 @@ from fmabs_edge.errors import ModelError, UsageError
 def _external_onnx(path, batch: int | str = 1):
     """A foreign graph (NCHW float input 'input', Conv 3->8 3x3 and a MatMul), not our contract."""
     rng = np.random.default_rng(0)
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], rng.random(216).astype(np.float32).tolist())
-    project = helper.make_tensor("p", TensorProto.FLOAT, [16, 4], rng.random(64).astype(np.float32).tolist())
+    weight = helper.make_tensor(
+        "w", TensorProto.FLOAT, [8, 3, 3, 3], rng.random(216).astype(np.float32).tolist()
+    )
+    project = helper.make_tensor(
+        "p", TensorProto.FLOAT, [16, 4], rng.random(64).astype(np.float32).tolist()
+    )
     nodes = [
         helper.make_node("Conv", ["input", "w"], ["features"], pads=[1, 1, 1, 1]),
         helper.make_node("MatMul", ["features", "p"], ["output"]),
     ]
     graph = helper.make_graph(
-        nodes, "external",
+        nodes,
+        "external",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 16, 16])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 8, 16, 4])],
         initializer=[weight, project],
@@ -57,8 +62,11 @@ def test_mac_count_of_transposed_conv_and_gemm(tmp_path):
         helper.make_node("Gemm", ["flat", "g"], ["y"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], initializer=[weight, gemm_w],
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        initializer=[weight, gemm_w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     counted = count_macs(model, batch_size=2)
@@ -101,13 +109,25 @@ def test_variant_parsing_and_backend_rules(brightness_onnx, tmp_path):
 def test_ort_variants_reference_and_profile_in_one_run(tmp_path, bright_category, brightness_onnx):
     int8_like = make_brightness_onnx(tmp_path / "model_int8.onnx", precision="int8")
     result = run_benchmark(
-        [brightness_onnx, int8_like], bright_category, batch_sizes=(1, 2), warmup=1, iterations=3,
-        out_dir=tmp_path / "out", reference=_external_onnx(tmp_path / "ext.onnx"), gemm_seconds=0.05,
-        profile=True, progress=False,
+        [brightness_onnx, int8_like],
+        bright_category,
+        batch_sizes=(1, 2),
+        warmup=1,
+        iterations=3,
+        out_dir=tmp_path / "out",
+        reference=_external_onnx(tmp_path / "ext.onnx"),
+        gemm_seconds=0.05,
+        profile=True,
+        progress=False,
     )
     records = {(r["variant"], r["batch_size"]): r for r in result.records}
-    assert set(records) == {("brightness", 1), ("model_int8", 1), ("ext (external)", 1),
-                            ("brightness", 2), ("model_int8", 2)}
+    assert set(records) == {
+        ("brightness", 1),
+        ("model_int8", 1),
+        ("ext (external)", 1),
+        ("brightness", 2),
+        ("model_int8", 2),
+    }
     ours = records[("brightness", 1)]
     assert ours["image_auroc"] == pytest.approx(1.0)
     assert ours["gflop_per_image"] == pytest.approx(2 * 32 * 32 * 3 / 1e9)
@@ -122,12 +142,22 @@ def test_ort_variants_reference_and_profile_in_one_run(tmp_path, bright_category
     assert "ORT INT8 vs FP32" in text
 
 
-def test_plain_folder_gives_timing_only_and_skips_corrupt_files(tmp_path, bright_category, brightness_onnx):
+def test_plain_folder_gives_timing_only_and_skips_corrupt_files(
+    tmp_path, bright_category, brightness_onnx
+):
     folder = tmp_path / "plain"
     shutil.copytree(bright_category / "test" / "spot", folder)
     (folder / "broken.png").write_bytes(b"not a png")
-    result = run_benchmark([brightness_onnx], folder, batch_sizes=(1,), warmup=0, iterations=2,
-                           out_dir=tmp_path / "out", gemm_seconds=0, progress=False)
+    result = run_benchmark(
+        [brightness_onnx],
+        folder,
+        batch_sizes=(1,),
+        warmup=0,
+        iterations=2,
+        out_dir=tmp_path / "out",
+        gemm_seconds=0,
+        progress=False,
+    )
     record = result.records[0]
     assert record["n_skipped"] == 1
     assert record.get("image_auroc") is None and record["infer_ms_p50"] > 0
@@ -140,30 +170,62 @@ def test_nothing_to_benchmark_is_an_error(tmp_path, bright_category):
 
 def test_cli_benchmark_in_process(tmp_path, bright_category, brightness_onnx):
     out = tmp_path / "cli_out"
-    result = CliRunner().invoke(main, [
-        "benchmark", f"small={brightness_onnx}", "--data", str(bright_category), "--batch-sizes", "1,2",
-        "--warmup", "1", "--iterations", "2", "--out", str(out), "--accuracy-axis", "aupro",
-        "--gemm-seconds", "0", "--no-progress",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "benchmark",
+            f"small={brightness_onnx}",
+            "--data",
+            str(bright_category),
+            "--batch-sizes",
+            "1,2",
+            "--warmup",
+            "1",
+            "--iterations",
+            "2",
+            "--out",
+            str(out),
+            "--accuracy-axis",
+            "aupro",
+            "--gemm-seconds",
+            "0",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "report:" in result.output
     data = json.loads((out / "results.json").read_text())
     assert [r["variant"] for r in data] == ["small", "small"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-sizes", "1,x"], "positive integers"),
-    (["--batch-sizes", "0"], "positive integers"),
-    (["--iterations", "0"], "at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "1,x"], "positive integers"),
+        (["--batch-sizes", "0"], "positive integers"),
+        (["--iterations", "0"], "at least 1"),
+    ],
+)
 def test_cli_bad_flags_exit_2(tmp_path, bright_category, brightness_onnx, args, message):
-    result = CliRunner().invoke(main, ["benchmark", str(brightness_onnx), "--data", str(bright_category),
-                                       "--out", str(tmp_path / "o"), *args])
+    result = CliRunner().invoke(
+        main,
+        [
+            "benchmark",
+            str(brightness_onnx),
+            "--data",
+            str(bright_category),
+            "--out",
+            str(tmp_path / "o"),
+            *args,
+        ],
+    )
     assert result.exit_code == 2 and message in result.output
 
 
 def test_cli_without_variants_exits_2(tmp_path, bright_category):
-    result = CliRunner().invoke(main, ["benchmark", "--data", str(bright_category), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main, ["benchmark", "--data", str(bright_category), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "Nothing to benchmark" in result.output
 
 
@@ -178,7 +240,8 @@ def test_every_benchmark_option_has_help():
 def test_count_macs_refuses_dynamic_non_batch_dims(tmp_path):
     path = tmp_path / "dyn.onnx"
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "d",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "d",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C"])],
     )

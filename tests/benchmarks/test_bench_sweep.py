@@ -58,16 +58,19 @@ def test_toml_sweep_is_parsed(tmp_path):
     assert sweep.models[0].train == {"attention": False} and sweep.defaults == {"epochs": 3}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("models:\n  - {name: a, precisions: [fp8]}\n", "unknown precisions"),
-    ("models:\n  - {name: a, from: b}\n  - {name: b}\n", "listed before"),
-    ("models:\n  - {name: a, scoring: {weight_reconstruction: 1}}\n", "needs 'from"),
-    ("models:\n  - {name: a}\n  - {name: a}\n", "two models"),
-    ("models:\n  - {name: a, epochs: 3}\n", "unknown keys"),
-    ("model: []\n", "unknown keys"),
-    ("variants:\n  - {name: x}\n", "needs a 'path'"),
-    ("- just a list\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("models:\n  - {name: a, precisions: [fp8]}\n", "unknown precisions"),
+        ("models:\n  - {name: a, from: b}\n  - {name: b}\n", "listed before"),
+        ("models:\n  - {name: a, scoring: {weight_reconstruction: 1}}\n", "needs 'from"),
+        ("models:\n  - {name: a}\n  - {name: a}\n", "two models"),
+        ("models:\n  - {name: a, epochs: 3}\n", "unknown keys"),
+        ("model: []\n", "unknown keys"),
+        ("variants:\n  - {name: x}\n", "needs a 'path'"),
+        ("- just a list\n", "mapping"),
+    ],
+)
 def test_bad_sweep_files_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -100,8 +103,14 @@ def test_plain_variants_of_a_sweep_become_specs(tmp_path):
 
 
 def test_reproduce_plan_covers_the_published_variants(tmp_path):
-    sweep = rv.plan("magnetic_tile", tmp_path, epochs=8, base=None, extra_train=rv.DATASET_TRAIN["magnetic_tile"],
-                    precisions=("fp32", "fp16", "int8"))
+    sweep = rv.plan(
+        "magnetic_tile",
+        tmp_path,
+        epochs=8,
+        base=None,
+        extra_train=rv.DATASET_TRAIN["magnetic_tile"],
+        precisions=("fp32", "fp16", "int8"),
+    )
     names = [m.name for m in sweep.models]
     assert names == ["att256", "att256_rec", "noatt256", "att224"]
     att, rec, noatt, small = sweep.models
@@ -112,9 +121,13 @@ def test_reproduce_plan_covers_the_published_variants(tmp_path):
     assert sweep.defaults["epochs"] == 8 and sweep.defaults["image_size"] == 256
     assert sweep.defaults["max_train_images"] == 300
 
-    reused = rv.plan("mvtec_bottle", tmp_path, epochs=8, base=tmp_path / "bottle.pt", precisions=("fp32",))
+    reused = rv.plan(
+        "mvtec_bottle", tmp_path, epochs=8, base=tmp_path / "bottle.pt", precisions=("fp32",)
+    )
     assert [m.name for m in reused.models] == ["base", "att256", "base_rec", "noatt256", "att224"]
-    assert reused.models[0].checkpoint == tmp_path / "bottle.pt" and reused.models[0].torch_reference
+    assert (
+        reused.models[0].checkpoint == tmp_path / "bottle.pt" and reused.models[0].torch_reference
+    )
 
 
 @pytest.mark.slow
@@ -136,9 +149,11 @@ def test_rescored_checkpoint_keeps_weights_and_refits_statistics(tiny_checkpoint
 
 
 @pytest.mark.slow
-def test_reproduce_script_end_to_end_on_a_tiny_model(tiny_checkpoint, synthetic_category, tmp_path, monkeypatch,
-                                                     caplog):
-    """The script's plumbing (sweep -> benchmark -> variants.md) with the tiny model as base, no training."""
+def test_reproduce_script_end_to_end_on_a_tiny_model(
+    tiny_checkpoint, synthetic_category, tmp_path, monkeypatch, caplog
+):
+    """The script's plumbing (sweep -> benchmark -> variants.md), the tiny model as base."""
+
     def tiny_plan(dataset: str, work: Path, *args, **kwargs):
         from fmabs_edge.benchmarks.sweep import ModelEntry, Sweep
 
@@ -153,17 +168,32 @@ def test_reproduce_script_end_to_end_on_a_tiny_model(tiny_checkpoint, synthetic_
     monkeypatch.setattr(rv, "plan", tiny_plan)
     monkeypatch.setattr(rv, "_smoke_category", lambda work: synthetic_category)
     out = tmp_path / "out"
-    path = rv.reproduce(Path("unused"), tmp_path / "work", out, datasets=("smoke",), batch_sizes=(1,),
-                        warmup=0, iterations=2, smoke=True, progress=False)
+    path = rv.reproduce(
+        Path("unused"),
+        tmp_path / "work",
+        out,
+        datasets=("smoke",),
+        batch_sizes=(1,),
+        warmup=0,
+        iterations=2,
+        smoke=True,
+        progress=False,
+    )
     text = path.read_text()
     for name in ("base-fp32", "base_rec-fp32"):
         assert f"| smoke | {name} |" in text
-    assert (out / "smoke" / "report.md").is_file() and (out / "smoke" / "latency_vs_auroc.png").is_file()
+    assert (out / "smoke" / "report.md").is_file() and (
+        out / "smoke" / "latency_vs_auroc.png"
+    ).is_file()
 
-    # Preparing the same plan again makes nothing: the re-scored checkpoint and both exports are reused.
+    # Preparing the same plan again makes nothing: the re-scored checkpoint and exports are reused.
     made = sorted(p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.is_file())
     with caplog.at_level(logging.INFO, logger="fmabs_edge"):
-        specs = prepare_sweep(tiny_plan("smoke", tmp_path / "work"), default_data=synthetic_category)
+        specs = prepare_sweep(
+            tiny_plan("smoke", tmp_path / "work"), default_data=synthetic_category
+        )
     assert [s.name for s in specs] == ["base-fp32", "base_rec-fp32"]
-    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.is_file()) == made
+    assert (
+        sorted(p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.is_file()) == made
+    )
     assert "Reusing" in " ".join(r.getMessage() for r in caplog.records)

@@ -1,4 +1,4 @@
-"""The timing protocol on a fake backend whose delays are known exactly (a fake clock, no sleeping)."""
+"""The timing protocol on a fake backend with exactly known delays (a fake clock, no sleeping)."""
 
 from __future__ import annotations
 
@@ -58,10 +58,18 @@ def test_known_delays_give_exact_percentiles_and_throughput():
     jumpy = FakeRunner("jumpy", [5.0, 50.0], clock=clock)
     records = measure(
         [TimedVariant("steady", steady), TimedVariant("jumpy", jumpy)],
-        _frames(), batch_sizes=(1, 4), warmup=2, iterations=6, block_iterations=2, clock=clock,
+        _frames(),
+        batch_sizes=(1, 4),
+        warmup=2,
+        iterations=6,
+        block_iterations=2,
+        clock=clock,
     )
     assert [(r["variant"], r["batch_size"]) for r in records] == [
-        ("steady", 1), ("jumpy", 1), ("steady", 4), ("jumpy", 4)
+        ("steady", 1),
+        ("jumpy", 1),
+        ("steady", 4),
+        ("jumpy", 4),
     ]
     for record in records:
         # The fake clock moves only inside the runner: every other stage takes exactly 0 ms.
@@ -87,8 +95,15 @@ def test_variants_alternate_in_rotating_blocks_after_warmup():
     clock, log = FakeClock(), []
     a = FakeRunner("a", [1.0], clock=clock, call_log=log)
     b = FakeRunner("b", [1.0], clock=clock, call_log=log)
-    measure([TimedVariant("a", a), TimedVariant("b", b)], _frames(), (1,), warmup=1, iterations=6,
-            block_iterations=2, clock=clock)
+    measure(
+        [TimedVariant("a", a), TimedVariant("b", b)],
+        _frames(),
+        (1,),
+        warmup=1,
+        iterations=6,
+        block_iterations=2,
+        clock=clock,
+    )
     assert "".join(log) == "ab" + "aabb" + "bbaa" + "aabb"
 
 
@@ -96,8 +111,12 @@ def test_high_cv_warns_once_per_record(caplog):
     clock = FakeClock()
     jumpy = FakeRunner("jumpy", [1.0, 30.0], clock=clock)
     with caplog.at_level(logging.WARNING, logger="fmabs_edge.benchmarks.protocol"):
-        measure([TimedVariant("jumpy", jumpy)], _frames(), (1,), warmup=0, iterations=8, clock=clock)
-        measure([TimedVariant("jumpy", jumpy)], _frames(), (1,), warmup=0, iterations=8, clock=clock)
+        measure(
+            [TimedVariant("jumpy", jumpy)], _frames(), (1,), warmup=0, iterations=8, clock=clock
+        )
+        measure(
+            [TimedVariant("jumpy", jumpy)], _frames(), (1,), warmup=0, iterations=8, clock=clock
+        )
     warnings = [r for r in caplog.records if "varies a lot" in r.getMessage()]
     assert len(warnings) == 1
     assert "jumpy" in warnings[0].getMessage() and "infer and latency" in warnings[0].getMessage()
@@ -106,8 +125,14 @@ def test_high_cv_warns_once_per_record(caplog):
 def test_steady_runner_does_not_warn(caplog):
     clock = FakeClock()
     with caplog.at_level(logging.WARNING):
-        measure([TimedVariant("s", FakeRunner("s", [3.0], clock=clock))], _frames(), (1, 2), warmup=1,
-                iterations=5, clock=clock)
+        measure(
+            [TimedVariant("s", FakeRunner("s", [3.0], clock=clock))],
+            _frames(),
+            (1, 2),
+            warmup=1,
+            iterations=5,
+            clock=clock,
+        )
     assert not [r for r in caplog.records if "varies a lot" in r.getMessage()]
 
 
@@ -115,7 +140,8 @@ def test_every_batch_holds_the_same_frames_for_every_variant():
     frames = _frames(3)
     batches = cycled_batches(frames, 4, 2)
     assert [[id(f) for f in batch] for batch in batches] == [
-        [id(frames[i]) for i in (0, 1, 2, 0)], [id(frames[i]) for i in (1, 2, 0, 1)]
+        [id(frames[i]) for i in (0, 1, 2, 0)],
+        [id(frames[i]) for i in (1, 2, 0, 1)],
     ]
 
 
@@ -133,7 +159,11 @@ def test_sync_hook_runs_before_the_clock_is_read():
     clock = FakeClock()
     runner = FakeRunner("r", [2.0], clock=clock)
     records = measure(
-        [TimedVariant("r", runner, sync=lambda: clock.advance(0.003))], _frames(), (1,), warmup=0, iterations=3,
+        [TimedVariant("r", runner, sync=lambda: clock.advance(0.003))],
+        _frames(),
+        (1,),
+        warmup=0,
+        iterations=3,
         clock=clock,
     )
     assert records[0]["infer_ms_p50"] == pytest.approx(5.0)
@@ -153,8 +183,14 @@ def test_inference_only_variant_times_its_own_input_and_skips_batches_it_cannot_
             raise UsageError("fixed batch of 1")
         return np.zeros((1, 3, 8, 8), np.float32)
 
-    records = measure([TimedVariant("ext", External(), make_input=make_input)], _frames(), (1, 4), warmup=1,
-                      iterations=3, clock=clock)
+    records = measure(
+        [TimedVariant("ext", External(), make_input=make_input)],
+        _frames(),
+        (1, 4),
+        warmup=1,
+        iterations=3,
+        clock=clock,
+    )
     assert [r["batch_size"] for r in records] == [1]
     assert records[0]["infer_ms_p50"] == pytest.approx(4.0)
     assert records[0]["latency_ms_p50"] is None and records[0]["throughput_ips"] is None
@@ -177,19 +213,30 @@ def test_time_runner_gives_flat_records_with_units_in_names():
 def test_time_runner_records_make_the_same_report(tmp_path):
     from fmabs_edge.benchmarks.report import write_results
 
-    records = time_runner(FakeRunner("trt_fp16", [0.0]), _frames(), batch_sizes=(1, 8), warmup=0, iterations=2)
+    records = time_runner(
+        FakeRunner("trt_fp16", [0.0]), _frames(), batch_sizes=(1, 8), warmup=0, iterations=2
+    )
     files = write_results(records, tmp_path / "gpu")
     assert files["report"].read_text().count("trt_fp16") >= 2
     assert files["latency_plot"].is_file() and files["throughput_plot"].is_file()
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"batch_sizes": (0,)}, {"batch_sizes": ()}, {"iterations": 0}, {"warmup": -1}, {"block_iterations": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_sizes": (0,)},
+        {"batch_sizes": ()},
+        {"iterations": 0},
+        {"warmup": -1},
+        {"block_iterations": 0},
+    ],
+)
 def test_bad_counts_are_usage_errors(kwargs):
     options = {"batch_sizes": (1,), "warmup": 0, "iterations": 2, "block_iterations": 1} | kwargs
     with pytest.raises(UsageError):
-        measure([TimedVariant("r", FakeRunner("r", [1.0], clock=FakeClock()))], _frames(), **options)
+        measure(
+            [TimedVariant("r", FakeRunner("r", [1.0], clock=FakeClock()))], _frames(), **options
+        )
 
 
 def test_duplicate_variant_names_are_refused():
