@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from fmabs_edge.artefacts import atomic_output, write_text_atomic
+from fmabs_edge.benchmarks.accuracy import ACCURACY_FIELDS
 from fmabs_edge.benchmarks.protocol import STAGES, stage_fields
 from fmabs_edge.errors import UsageError
 
@@ -74,14 +75,7 @@ ACCURACY_RECORD_FIELDS = (
     "n_images",
     "n_skipped",
     "nonfinite_scores",
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "f1_max",
-    "reject_rate",
-    "precision_at_threshold",
-    "recall_at_threshold",
-    "fpr_at_threshold",
+    *ACCURACY_FIELDS,
     "reference_variant",
     "decision_agreement",
     "score_max_abs_diff",
