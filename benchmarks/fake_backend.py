@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from fmabs_edge.errors import UsageError
@@ -40,7 +41,8 @@ class FakeRunner(Runner):
     """A runner whose call ``k`` takes ``delays_ms[k % len(delays_ms)] + per_image_ms * N``.
 
     ``call_log`` (shared between runners when the same list is passed) records ``name`` once per
-    call, so a test can check the order in which variants ran.
+    call, so a test can check the order in which variants ran. ``input_hw`` stands for a graph
+    with an in-graph resize: frames come at that size, maps leave at ``image_size``.
     """
 
     backend = "fake"
@@ -56,6 +58,7 @@ class FakeRunner(Runner):
         precision: str = "fp32",
         checkpoint_sha256: str = "fake-model",
         call_log: list[str] | None = None,
+        input_hw: tuple[int, int] | None = None,
     ) -> None:
         if not delays_ms or any(d < 0 for d in delays_ms):
             raise UsageError(f"FakeRunner needs non-negative delays, got {list(delays_ms)}.")
@@ -64,7 +67,8 @@ class FakeRunner(Runner):
         metadata.threshold_rule = "fixed for tests"
         metadata.precision = precision
         metadata.checkpoint_sha256 = checkpoint_sha256
-        super().__init__(Path(f"{name}.fake"), metadata, (image_size, image_size), max_batch=None)
+        hw = input_hw or (image_size, image_size)
+        super().__init__(Path(f"{name}.fake"), metadata, hw, max_batch=None)
         self.name = name
         self.delays_ms = [float(d) for d in delays_ms]
         self.per_image_ms = float(per_image_ms)
@@ -88,4 +92,7 @@ class FakeRunner(Runner):
         else:
             time.sleep(delay_ms / 1000.0)
         maps = images.mean(axis=3, dtype=np.float32)[:, None] / 255.0
+        size = self.image_size
+        if maps.shape[2:] != (size, size):  # a camera-size input resized inside the "graph"
+            maps = np.stack([cv2.resize(m[0], (size, size))[None] for m in maps])
         return maps, maps.reshape(len(images), -1).max(axis=1)

@@ -7,7 +7,8 @@ A *variant* is an open runner with a name. For each batch size the protocol
    the variants (the first variant of each block rotates), so slow drift of the machine (heat,
    other processes) hits every variant alike;
 3. times the stages of one batch with a monotonic clock: **decode** (read and decode the files),
-   **preprocess** (the one resize to S×S and stacking), **infer** (the runner, then the variant's
+   **preprocess** (the one resize to the runner's input, S×S or the camera size of a graph with an
+   in-graph resize, and stacking), **infer** (the runner, then the variant's
    ``sync`` hook: runners return host numpy arrays, which is a device synchronisation already; a
    backend that returns earlier passes its own hook) and **postprocess** (each anomaly map resized
    back to its image's original size, and the decision at the stored threshold). **latency** is
@@ -41,7 +42,7 @@ import numpy as np
 
 from fmabs_edge.benchmarks.system import MIB, MemorySampler, machine_info
 from fmabs_edge.errors import UsageError
-from fmabs_edge.runtime.preprocess import load_image, resize_to_model
+from fmabs_edge.runtime.preprocess import load_image, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +138,9 @@ class BatchOutput:
     original_maps: list[np.ndarray] = field(default_factory=list)
 
 
-def model_input_size(runner: Any) -> int:
-    """The square input size S a runner takes; an error for a non-square input."""
-    height, width = runner.input_hw
-    if height != width:
-        raise UsageError(
-            f"The benchmark resizes frames to S×S, but {getattr(runner, 'path', runner)} takes "
-            f"{height}×{width}; benchmark an export with a square input."
-        )
-    return int(height)
+def map_size(runner: Any) -> int:
+    """The resolution S of a runner's ``(N, 1, S, S)`` anomaly maps (the model size)."""
+    return int(runner.image_size)
 
 
 def resize_map_to_original(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -171,12 +166,12 @@ def run_batch(
         stages["infer"] = infer_s
         return BatchOutput(stages, None, None, None)
 
-    size = model_input_size(runner)
+    height, width = (int(v) for v in runner.input_hw)
     decoded_in_loop = not all(isinstance(frame, np.ndarray) for frame in frames)
     t_start = clock()
     images = [frame if isinstance(frame, np.ndarray) else load_image(frame).rgb for frame in frames]
     t_decoded = clock()
-    batch = np.stack([resize_to_model(rgb, size) for rgb in images])
+    batch = np.stack([resize_image(rgb, height, width) for rgb in images])
     t_preprocessed = clock()
     result = runner.infer(batch)
     if variant.sync is not None:

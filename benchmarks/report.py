@@ -526,10 +526,9 @@ def render_report(
         f"**Protocol:** {first.get('warmup_iterations')} warm-up batches discarded, then "
         f"{first.get('timed_iterations')} timed batches per variant and batch size, alternating "
         "over the variants in blocks; ONNX Runtime idle threads do not spin; the clock is read "
-        "after the "
-        "outputs are on the host. Times are per batch, in ms: *infer* is the runner alone, "
-        "*end-to-end* adds decoding, the resize to S×S and mapping each anomaly map back to its "
-        "image with the decision. Pixel metrics at each model's S×S.",
+        "after the outputs are on the host. Times are per batch, in ms: *infer* is the runner "
+        "alone, *end-to-end* adds decoding, the resize to the model input and mapping each "
+        "anomaly map back to its image with the decision. Pixel metrics at each model's S×S.",
         "",
         f"## Latency and accuracy at batch {smallest}",
         "",

@@ -36,7 +36,7 @@ from fmabs_edge.benchmarks.protocol import (
     TimedVariant,
     artefact_mb,
     measure,
-    model_input_size,
+    map_size,
     reset_warnings,
 )
 from fmabs_edge.benchmarks.reference import (
@@ -465,7 +465,7 @@ def _score_variants(
             bar.advance(task)
             continue
         outputs[variant.name] = acc.collect_outputs(variant, test_set.frames, batch_size, clock)
-        size = model_input_size(variant.runner)
+        size = map_size(variant.runner)
         if has_masks and size not in masks_by_size:
             masks_by_size[size] = acc.load_masks(test_set.samples, size)
         masks = masks_by_size.get(size)
@@ -499,9 +499,9 @@ def _profiles(timed: Sequence[TimedVariant]) -> dict[str, list[dict[str, Any]]]:
         path = Path(variant.info.get("artefact", ""))
         if variant.info.get("backend") != "ort" or path.suffix.lower() != ".onnx":
             continue
-        size = model_input_size(variant.runner) if not variant.inference_only else None
-        if size is None:
+        if variant.inference_only:
             continue
-        batch = np.zeros((1, size, size, 3), dtype=np.uint8)
+        height, width = variant.runner.input_hw
+        batch = np.zeros((1, height, width, 3), dtype=np.uint8)
         profiles[variant.name] = profile_ort(path, batch)
     return profiles

@@ -155,6 +155,14 @@ def test_run_batch_decodes_files_and_maps_back_to_original_size(bright_category)
     assert output.rejected.tolist() == [True, True]  # a bright square scores above 0.5
 
 
+def test_frames_go_to_the_runner_at_its_input_size_and_maps_back_to_theirs(bright_category):
+    files = sorted((bright_category / "test" / "good").glob("*.png"))[:2]
+    runner = FakeRunner("camera", [0.0], image_size=32, input_hw=(24, 40))
+    output = run_batch(TimedVariant("camera", runner), files)
+    assert output.anomaly_map.shape == (2, 32, 32)
+    assert [m.shape for m in output.original_maps] == [(48, 56), (48, 56)]
+
+
 def test_sync_hook_runs_before_the_clock_is_read():
     clock = FakeClock()
     runner = FakeRunner("r", [2.0], clock=clock)
