@@ -51,11 +51,15 @@ def parse_input_size(text: str) -> tuple[int, int]:
     """``"1920x1080"`` -> ``(1920, 1080)`` as ``(width, height)``."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
     if not match or min(int(match.group(1)), int(match.group(2))) < 1:
-        raise UsageError(f"--input-size '{text}': write WIDTHxHEIGHT of the camera frames, e.g. 1920x1080.")
+        raise UsageError(
+            f"--input-size '{text}': write WIDTHxHEIGHT of the camera frames, e.g. 1920x1080."
+        )
     return int(match.group(1)), int(match.group(2))
 
 
-def add_input_resize(onnx_path: str | Path, out_path: str | Path, width: int, height: int) -> dict[str, Any]:
+def add_input_resize(
+    onnx_path: str | Path, out_path: str | Path, width: int, height: int
+) -> dict[str, Any]:
     """Write ``out_path``: ``onnx_path`` with an in-graph resize from ``height × width`` frames.
 
     ``out_path`` may equal ``onnx_path`` (rewritten atomically). Returns a report with the
@@ -70,7 +74,10 @@ def add_input_resize(onnx_path: str | Path, out_path: str | Path, width: int, he
     size = metadata.image_size
     check_contract(model, str(onnx_path), size)
     if input_hw(model) != (size, size):
-        raise ModelError(f"{onnx_path} already takes {input_hw(model)} frames; add the resize to the plain export.")
+        raise ModelError(
+            f"{onnx_path} already takes {input_hw(model)} frames; "
+            "add the resize to the plain export."
+        )
     if width < 1 or height < 1:
         raise UsageError(f"Input size {width}x{height} must be positive.")
 
@@ -115,7 +122,14 @@ def _resize_chain(gs: Any, graph: Any, frames: Any, output: Any, size: int) -> N
     def constant(name: str, value: np.ndarray) -> Any:
         return gs.Constant(SCOPE + name, value)
 
-    def node(op: str, name: str, inputs: list, attrs: dict | None = None, out: Any = None, dtype=np.float32) -> Any:
+    def node(
+        op: str,
+        name: str,
+        inputs: list,
+        attrs: dict | None = None,
+        out: Any = None,
+        dtype=np.float32,
+    ) -> Any:
         result = out if out is not None else gs.Variable(SCOPE + name + "_out", dtype=dtype)
         graph.nodes.append(gs.Node(op, SCOPE + name, attrs or {}, inputs, [result]))
         return result
@@ -123,10 +137,23 @@ def _resize_chain(gs: Any, graph: Any, frames: Any, output: Any, size: int) -> N
     as_float = node("Cast", "cast", [frames], {"to": onnx.TensorProto.FLOAT})
     nchw = node("Transpose", "to_nchw", [as_float], {"perm": [0, 3, 1, 2]})
     shape = node("Shape", "shape", [nchw], dtype=np.int64)
-    leading = node("Slice", "batch_channels", [shape, constant("start", np.array([0], np.int64)),
-                                                constant("stop", np.array([2], np.int64))], dtype=np.int64)  # fmt: skip
-    sizes = node("Concat", "sizes", [leading, constant("spatial", np.array([size, size], np.int64))],
-                 {"axis": 0}, dtype=np.int64)  # fmt: skip
+    leading = node(
+        "Slice",
+        "batch_channels",
+        [
+            shape,
+            constant("start", np.array([0], np.int64)),
+            constant("stop", np.array([2], np.int64)),
+        ],
+        dtype=np.int64,
+    )
+    sizes = node(
+        "Concat",
+        "sizes",
+        [leading, constant("spatial", np.array([size, size], np.int64))],
+        {"axis": 0},
+        dtype=np.int64,
+    )
     resized = node(
         "Resize",
         "bilinear",
@@ -134,34 +161,49 @@ def _resize_chain(gs: Any, graph: Any, frames: Any, output: Any, size: int) -> N
         {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
     )
     rounded = node("Round", "round", [resized])
-    clipped = node("Clip", "clip", [rounded, constant("low", np.array(0.0, np.float32)),
-                                    constant("high", np.array(255.0, np.float32))])  # fmt: skip
+    clipped = node(
+        "Clip",
+        "clip",
+        [
+            rounded,
+            constant("low", np.array(0.0, np.float32)),
+            constant("high", np.array(255.0, np.float32)),
+        ],
+    )
     node("Transpose", "to_nhwc", [clipped], {"perm": [0, 2, 3, 1]}, out=output)
 
 
-def _parity(original: onnx.ModelProto, resized: onnx.ModelProto, size: int, hw: tuple[int, int]) -> dict[str, Any]:
+def _parity(
+    original: onnx.ModelProto, resized: onnx.ModelProto, size: int, hw: tuple[int, int]
+) -> dict[str, Any]:
     """Scores of the variant on camera-size frames vs the original on OpenCV-bilinear frames."""
     import cv2
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
     height, width = hw
-    base = rng.integers(0, 256, size=(2, max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
-    frames = np.stack([cv2.resize(b, (width, height), interpolation=cv2.INTER_LINEAR) for b in base])
+    base = rng.integers(
+        0, 256, size=(2, max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8
+    )
+    frames = np.stack(
+        [cv2.resize(b, (width, height), interpolation=cv2.INTER_LINEAR) for b in base]
+    )
     shrunk = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in frames])
     options = ort.SessionOptions()
     options.log_severity_level = 3
 
     def run(model: onnx.ModelProto, batch: np.ndarray) -> dict[str, np.ndarray]:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
         names = [output.name for output in model.graph.output]
         return dict(zip(names, session.run(names, {INPUT_NAME: batch})))
 
     got, want = run(resized, frames), run(original, shrunk)
     if got["anomaly_map"].shape != (2, 1, size, size) or not np.isfinite(got["image_score"]).all():
         raise ModelError(
-            f"The resized graph gives maps {got['anomaly_map'].shape} and scores {got['image_score']}; "
-            f"expected (2, 1, {size}, {size}) and finite scores."
+            f"The resized graph gives maps {got['anomaly_map'].shape} and scores "
+            f"{got['image_score']}; expected (2, 1, {size}, {size}) and finite scores."
         )
     return {
         "parity_max_score_diff": float(np.max(np.abs(got["image_score"] - want["image_score"]))),
@@ -190,7 +232,10 @@ def gate_input_resize(
     resized_onnx = Path(resized_onnx)
     with OrtRunner.open(resized_onnx) as runner:
         if CONVERSION_KEY not in runner.metadata.conversion:
-            raise UsageError(f"{resized_onnx} has no in-graph resize; make one with 'fmabs-edge export --input-size'.")
+            raise UsageError(
+                f"{resized_onnx} has no in-graph resize; make one with 'fmabs-edge export "
+                "--input-size'."
+            )
         variant = evaluate_runner(runner, data, batch_size=batch_size)
     with OrtRunner.open(reference_onnx) as runner:
         reference = evaluate_runner(runner, data, batch_size=batch_size)

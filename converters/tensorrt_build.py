@@ -29,7 +29,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fmabs_edge.artefacts import INPUT_NAME, atomic_output, check_contract, graph_sha256, load_onnx, read_metadata
+from fmabs_edge.artefacts import (
+    INPUT_NAME,
+    atomic_output,
+    check_contract,
+    graph_sha256,
+    load_onnx,
+    read_metadata,
+)
 from fmabs_edge.artefacts import write_bytes_atomic
 from fmabs_edge.errors import ModelError, UsageError
 from fmabs_edge.runtime.cuda_buffers import CudaBackend, open_cuda
@@ -85,7 +92,11 @@ def resolve_profile(
     ``opt``; ``opt`` to :data:`DEFAULT_OPT_BATCH` clamped into ``[min, max]``. Given values must
     satisfy ``1 <= min <= opt <= max``. Pure: no TensorRT needed.
     """
-    for name, value in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch)):
+    for name, value in (
+        ("min_batch", min_batch),
+        ("opt_batch", opt_batch),
+        ("max_batch", max_batch),
+    ):
         if value is not None and int(value) < 1:
             raise UsageError(f"{name} must be at least 1, got {value}.")
     low = DEFAULT_MIN_BATCH if min_batch is None else int(min_batch)
@@ -119,15 +130,19 @@ def resolve_build_options(
     low, opt, high = resolve_profile(min_batch, opt_batch, max_batch)
     if low > 1:
         logger.warning(
-            "Profile min batch %d: 'run', 'eval' and the benchmark need batches of 1 and will refuse this "
-            "engine; use --min-batch 1 for serving.",
+            "Profile min batch %d: 'run', 'eval' and the benchmark need batches of 1 and will "
+            "refuse this engine; use --min-batch 1 for serving.",
             low,
         )
     if workspace_mb is not None and int(workspace_mb) < 1:
         raise UsageError(f"workspace_mb must be at least 1 MiB, got {workspace_mb}.")
-    if builder_optimization_level is not None and int(builder_optimization_level) not in OPTIMIZATION_LEVELS:
+    if (
+        builder_optimization_level is not None
+        and int(builder_optimization_level) not in OPTIMIZATION_LEVELS
+    ):
         raise UsageError(
-            f"builder_optimization_level must be one of 0..5 (TensorRT's default 3), got {builder_optimization_level}."
+            "builder_optimization_level must be one of 0..5 (TensorRT's default 3), got "
+            f"{builder_optimization_level}."
         )
     if clear_tf32 is None:
         clear_tf32 = precision.strip().lower().startswith("fp32")
@@ -137,7 +152,9 @@ def resolve_build_options(
         max_batch=high,
         workspace_mb=None if workspace_mb is None else int(workspace_mb),
         timing_cache=Path(timing_cache) if timing_cache is not None else None,
-        builder_optimization_level=None if builder_optimization_level is None else int(builder_optimization_level),
+        builder_optimization_level=(
+            None if builder_optimization_level is None else int(builder_optimization_level)
+        ),
         hardware_compatibility=bool(hardware_compatibility),
         version_compatible=bool(version_compatible),
         clear_tf32=bool(clear_tf32),
@@ -171,7 +188,9 @@ def build_engine(
 
     # Resolve what can be checked without TensorRT.
     if engine_path.suffix.lower() == ".onnx":
-        raise UsageError(f"--out {engine_path} would overwrite an ONNX file; name the engine MODEL.engine.")
+        raise UsageError(
+            f"--out {engine_path} would overwrite an ONNX file; name the engine MODEL.engine."
+        )
     trt = import_tensorrt("'fmabs-edge build'")
     model = load_onnx(onnx_path)
     metadata = read_metadata(model, str(onnx_path))
@@ -210,7 +229,9 @@ def build_engine(
         engine_sha256=hashlib.sha256(plan).hexdigest(),
         engine_nbytes=len(plan),
         built_on=platform,
-        profile=EngineProfile(options.min_batch, options.opt_batch, options.max_batch, INPUT_NAME, input_hw),
+        profile=EngineProfile(
+            options.min_batch, options.opt_batch, options.max_batch, INPUT_NAME, input_hw
+        ),
         precision=metadata.precision,
         onnx_path=str(onnx_path.resolve()),
         onnx_graph_sha256=graph_hash,
@@ -225,7 +246,10 @@ def build_engine(
     )
     # Engine first, manifest second: a crash in between leaves a manifest whose sha256 no
     # longer matches, which check_manifest reports as a mismatch rather than loading blindly.
-    with atomic_output(manifest_path(engine_path)) as manifest_temp, atomic_output(engine_path) as engine_temp:
+    with (
+        atomic_output(manifest_path(engine_path)) as manifest_temp,
+        atomic_output(engine_path) as engine_temp,
+    ):
         engine_temp.write_bytes(plan)
         manifest_temp.write_text(manifest.to_json())
     logger.info(
@@ -246,12 +270,12 @@ def rebuild_from_manifest(
     onnx_path: str | Path | None = None,
     cuda: str | CudaBackend | None = None,
 ) -> EngineManifest:
-    """Rebuild an engine here with the options its manifest records (or the defaults without one)."""
+    """Rebuild an engine here with the options its manifest records (defaults without one)."""
     source = onnx_path or (manifest.onnx_path if manifest else None)
     if source is None or not Path(source).is_file():
         raise ModelError(
-            f"Cannot rebuild {engine_path}: its source ONNX file ({source or 'unknown'}) is not available. "
-            "Pass the ONNX file (onnx=... / fmabs-edge build MODEL.onnx --out ENGINE)."
+            f"Cannot rebuild {engine_path}: its source ONNX file ({source or 'unknown'}) is not "
+            "available. Pass the ONNX file (onnx=... / fmabs-edge build MODEL.onnx --out ENGINE)."
         )
     if manifest is None:
         return build_engine(source, engine_path, cuda=cuda)
@@ -272,7 +296,9 @@ def rebuild_from_manifest(
     )
 
 
-def _up_to_date(engine_path: Path, onnx_path: Path, platform: Any, options: BuildOptions) -> EngineManifest | None:
+def _up_to_date(
+    engine_path: Path, onnx_path: Path, platform: Any, options: BuildOptions
+) -> EngineManifest | None:
     """The existing engine's manifest if it fits this platform, graph and options; else None."""
     manifest = read_manifest(engine_path) if engine_path.is_file() else None
     if manifest is None:
@@ -302,16 +328,22 @@ def _up_to_date(engine_path: Path, onnx_path: Path, platform: Any, options: Buil
     if existing != wanted or parse_version(manifest.built_on.tensorrt_version) != parse_version(
         platform.tensorrt_version
     ):
-        logger.info("Rebuilding %s: it was built with other options or another TensorRT.", engine_path)
+        logger.info(
+            "Rebuilding %s: it was built with other options or another TensorRT.", engine_path
+        )
         return None
-    logger.info("%s is up to date (same TensorRT, GPU, graph and options); not rebuilt.", engine_path)
+    logger.info(
+        "%s is up to date (same TensorRT, GPU, graph and options); not rebuilt.", engine_path
+    )
     return manifest
 
 
 # -- the TensorRT calls ----------------------------------------------------------------------
 
 
-def _build_plan(trt: ModuleType, onnx_path: Path, options: BuildOptions, platform: Any) -> tuple[bytes, tuple[int, int]]:
+def _build_plan(
+    trt: ModuleType, onnx_path: Path, options: BuildOptions, platform: Any
+) -> tuple[bytes, tuple[int, int]]:
     """Parse, configure and build; returns the serialised plan and the input's ``(H, W)``."""
     trt_logger = make_logger(trt)
     builder = trt.Builder(trt_logger)
@@ -356,15 +388,17 @@ def _build_plan(trt: ModuleType, onnx_path: Path, options: BuildOptions, platfor
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ModelError(
-            f"TensorRT {trt.__version__} could not build an engine from {onnx_path}: {trt_logger.summary()}. "
-            "Likely causes: too little workspace (raise --workspace-mb), an operator without a kernel on "
-            "this GPU, or GPU memory taken by another process."
+            f"TensorRT {trt.__version__} could not build an engine from {onnx_path}: "
+            f"{trt_logger.summary()}. Likely causes: too little workspace (raise --workspace-mb), "
+            "an operator without a kernel on this GPU, or GPU memory taken by another process."
         )
     data = bytes(memoryview(plan))
 
     # Save the timing cache (after the build it holds this build's timings too).
     if options.timing_cache is not None and cache is not None:
-        write_bytes_atomic(options.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_bytes_atomic(
+            options.timing_cache, bytes(memoryview(config.get_timing_cache().serialize()))
+        )
         logger.info("Saved timing cache %s", options.timing_cache)
     return data, input_hw
 
@@ -381,19 +415,32 @@ def _network_input_hw(network: Any, onnx_path: Path) -> tuple[int, int]:
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     by_name = {tensor.name: tensor for tensor in inputs}
     if INPUT_NAME not in by_name:
-        raise ModelError(f"{onnx_path}: the parsed network has no input '{INPUT_NAME}' (found {sorted(by_name)}).")
+        raise ModelError(
+            f"{onnx_path}: the parsed network has no input '{INPUT_NAME}' "
+            f"(found {sorted(by_name)})."
+        )
     shape = tuple(by_name[INPUT_NAME].shape)
     if len(shape) != 4 or shape[3] != 3 or min(shape[1:3]) <= 0:
-        raise ModelError(f"{onnx_path}: input '{INPUT_NAME}' has shape {shape}; expected (N, H, W, 3), H and W fixed.")
+        raise ModelError(
+            f"{onnx_path}: input '{INPUT_NAME}' has shape {shape}; "
+            "expected (N, H, W, 3), H and W fixed."
+        )
     return int(shape[1]), int(shape[2])
 
 
-def _configure_compatibility(trt: ModuleType, config: Any, options: BuildOptions, platform: Any) -> None:
+def _configure_compatibility(
+    trt: ModuleType, config: Any, options: BuildOptions, platform: Any
+) -> None:
     """Hardware and version compatibility, each probed and refused clearly where unsupported."""
     capability = parse_version(platform.compute_capability)
     if options.hardware_compatibility:
-        if not hasattr(trt, "HardwareCompatibilityLevel") or not hasattr(config, "hardware_compatibility_level"):
-            raise UsageError(f"TensorRT {trt.__version__} has no hardware compatibility; drop --hardware-compatibility.")
+        if not hasattr(trt, "HardwareCompatibilityLevel") or not hasattr(
+            config, "hardware_compatibility_level"
+        ):
+            raise UsageError(
+                f"TensorRT {trt.__version__} has no hardware compatibility; drop "
+                "--hardware-compatibility."
+            )
         if capability < AMPERE:
             raise UsageError(
                 f"--hardware-compatibility (AMPERE_PLUS) needs an Ampere or newer GPU to build on; "
@@ -406,7 +453,8 @@ def _configure_compatibility(trt: ModuleType, config: Any, options: BuildOptions
             raise UsageError(f"TensorRT {trt.__version__} cannot build version-compatible engines.")
         if capability < VOLTA:
             raise UsageError(
-                f"--version-compatible needs a Volta or newer GPU; this one is compute {platform.compute_capability}."
+                "--version-compatible needs a Volta or newer GPU; this one is compute "
+                f"{platform.compute_capability}."
             )
         # 10.x and 11.x differ: VERSION_COMPATIBLE is 13 in 10.3 and 12 in 11.x; set by name only.
         # The lean runtime stays embedded (EXCLUDE_LEAN_RUNTIME not set), so the runner only has
@@ -422,7 +470,9 @@ def _load_timing_cache(config: Any, path: Path | None) -> Any:
     cache = config.create_timing_cache(data)
     # ignore_mismatch has no default in the bindings; False refuses a cache from another device.
     if not config.set_timing_cache(cache, False):
-        logger.warning("Timing cache %s was made on another device or TensorRT; starting a fresh one.", path)
+        logger.warning(
+            "Timing cache %s was made on another device or TensorRT; starting a fresh one.", path
+        )
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     elif data:

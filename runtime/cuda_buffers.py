@@ -81,7 +81,7 @@ class DeviceInfo:
 
 @dataclass
 class HostBuffer:
-    """Page-locked host memory seen as a C-contiguous numpy array (``array``, at address ``ptr``)."""
+    """Page-locked host memory as a C-contiguous numpy array ``array`` at address ``ptr``."""
 
     array: np.ndarray
     ptr: int
@@ -92,7 +92,7 @@ class HostBuffer:
 
 @dataclass
 class DeviceBuffer:
-    """``nbytes`` of device memory at address ``ptr`` (an int TensorRT takes as a tensor address)."""
+    """``nbytes`` of device memory at address ``ptr`` (the int TensorRT takes as an address)."""
 
     ptr: int
     nbytes: int
@@ -213,7 +213,9 @@ class PyCudaBackend(CudaBackend):
             self._cuda.init()
             count = self._cuda.Device.count()
             if self.device >= count:
-                raise CudaError(f"CUDA device {self.device} requested, but {count} device(s) are visible.")
+                raise CudaError(
+                    f"CUDA device {self.device} requested, but {count} device(s) are visible."
+                )
             self._device = self._cuda.Device(self.device)
             self._context = self._device.retain_primary_context()
         except CudaError:
@@ -249,7 +251,9 @@ class PyCudaBackend(CudaBackend):
     def alloc_host(self, shape: tuple[int, ...], dtype: np.dtype | type) -> HostBuffer:
         with self.current():
             array = self._cuda.pagelocked_empty(tuple(shape), np.dtype(dtype))
-        return HostBuffer(array=array, ptr=int(array.ctypes.data), nbytes=int(array.nbytes), handle=array.base)
+        return HostBuffer(
+            array=array, ptr=int(array.ctypes.data), nbytes=int(array.nbytes), handle=array.base
+        )
 
     def alloc_device(self, nbytes: int) -> DeviceBuffer:
         with self.current():
@@ -296,7 +300,9 @@ class CudaPythonBackend(CudaBackend):
         self._rt = runtime or _import_cudart()
         count = self._call("cudaGetDeviceCount")
         if self.device >= count:
-            raise CudaError(f"CUDA device {self.device} requested, but {count} device(s) are visible.")
+            raise CudaError(
+                f"CUDA device {self.device} requested, but {count} device(s) are visible."
+            )
         self._call("cudaSetDevice", self.device)
 
     def _call(self, function: str, *args: Any) -> Any:
@@ -313,8 +319,8 @@ class CudaPythonBackend(CudaBackend):
                 name = str(err)
             raise CudaError(
                 f"{function} failed with {name} on device {self.device}. "
-                "Check that a CUDA driver and GPU are present (nvidia-smi, or tegrastats on Jetson) "
-                "and that cuda-python matches the driver's CUDA version."
+                "Check that a CUDA driver and GPU are present (nvidia-smi, or tegrastats on "
+                "Jetson) and that cuda-python matches the driver's CUDA version."
             )
         if not values:
             return None
@@ -329,7 +335,9 @@ class CudaPythonBackend(CudaBackend):
     def device_info(self) -> DeviceInfo:
         props = self._call("cudaGetDeviceProperties", self.device)
         raw_name = props.name
-        name = raw_name.split(b"\0", 1)[0].decode() if isinstance(raw_name, bytes) else str(raw_name)
+        name = (
+            raw_name.split(b"\0", 1)[0].decode() if isinstance(raw_name, bytes) else str(raw_name)
+        )
         return DeviceInfo(
             index=self.device,
             name=name,
@@ -349,7 +357,9 @@ class CudaPythonBackend(CudaBackend):
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         with self.current():
             ptr = int(self._call("cudaMallocHost", max(1, nbytes)))
-        raw = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_ubyte)), (max(1, nbytes),))
+        raw = np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_ubyte)), (max(1, nbytes),)
+        )
         array = raw[:nbytes].view(dtype).reshape(shape)
         return HostBuffer(array=array, ptr=ptr, nbytes=nbytes, handle=ptr)
 
@@ -361,12 +371,16 @@ class CudaPythonBackend(CudaBackend):
     def copy_to_device(self, dst: DeviceBuffer, src: np.ndarray, stream: Stream) -> None:
         self._check_copy(src.nbytes, dst.nbytes, "copy to device")
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call("cudaMemcpyAsync", dst.ptr, int(src.ctypes.data), int(src.nbytes), kind, stream.native)
+        self._call(
+            "cudaMemcpyAsync", dst.ptr, int(src.ctypes.data), int(src.nbytes), kind, stream.native
+        )
 
     def copy_to_host(self, dst: np.ndarray, src: DeviceBuffer, stream: Stream) -> None:
         self._check_copy(dst.nbytes, src.nbytes, "copy to host")
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call("cudaMemcpyAsync", int(dst.ctypes.data), src.ptr, int(dst.nbytes), kind, stream.native)
+        self._call(
+            "cudaMemcpyAsync", int(dst.ctypes.data), src.ptr, int(dst.nbytes), kind, stream.native
+        )
 
     def synchronize(self, stream: Stream) -> None:
         self._call("cudaStreamSynchronize", stream.native)
@@ -434,7 +448,9 @@ def open_cuda(implementation: str | CudaBackend | None = None, device: int = 0) 
         return implementation
     if implementation is not None:
         if implementation not in _BACKEND_CLASSES:
-            raise FmabsError(f"Unknown CUDA implementation '{implementation}'; choose one of {IMPLEMENTATIONS}.")
+            raise FmabsError(
+                f"Unknown CUDA implementation '{implementation}'; choose one of {IMPLEMENTATIONS}."
+            )
         return _BACKEND_CLASSES[implementation](device)
     missing = []
     for name in IMPLEMENTATIONS:

@@ -83,7 +83,7 @@ class Platform:
     jetpack_release: str | None = None
 
     def describe(self) -> str:
-        """One phrase for messages: ``TensorRT 10.3.0.30 on Orin (compute 8.7, aarch64, L4T 36.4.0)``."""
+        """One phrase: ``TensorRT 10.3.0.30 on Orin (compute 8.7, aarch64, L4T 36.4.0)``."""
         extra = [f"compute {self.compute_capability}", self.machine]
         if self.l4t_release:
             extra.append(f"L4T {self.l4t_release}")
@@ -146,15 +146,19 @@ class EngineManifest:
         fmt = int(data.get("format", 0))
         if fmt > MANIFEST_FORMAT:
             raise ModelError(
-                f"{source}: manifest format {fmt} is newer than this fmabs-edge reads ({MANIFEST_FORMAT}); "
-                "upgrade fmabs-edge."
+                f"{source}: manifest format {fmt} is newer than this fmabs-edge reads "
+                f"({MANIFEST_FORMAT}); upgrade fmabs-edge."
             )
         try:
             profile = dict(data.pop("profile"))
             profile["input_hw"] = tuple(profile.get("input_hw", (0, 0)))
-            return cls(built_on=Platform(**data.pop("built_on")), profile=EngineProfile(**profile), **data)
+            return cls(
+                built_on=Platform(**data.pop("built_on")), profile=EngineProfile(**profile), **data
+            )
         except (KeyError, TypeError) as err:
-            raise ModelError(f"{source}: engine manifest is missing or has unknown fields ({err}).") from err
+            raise ModelError(
+                f"{source}: engine manifest is missing or has unknown fields ({err})."
+            ) from err
 
     def model_metadata(self) -> ModelMetadata:
         return ModelMetadata.from_dict(self.metadata, f"{self.engine_file} manifest")
@@ -258,7 +262,9 @@ def compute_capability_supported(built: str, running: str, hardware_compatibilit
     return False
 
 
-def rebuild_command(engine_path: str | Path, manifest: EngineManifest | None, onnx_path: str | Path | None = None) -> str:
+def rebuild_command(
+    engine_path: str | Path, manifest: EngineManifest | None, onnx_path: str | Path | None = None
+) -> str:
     """The ``fmabs-edge build`` line that rebuilds ``engine_path`` here with the same options."""
     source = onnx_path or (manifest.onnx_path if manifest else None) or "MODEL.onnx"
     parts = ["fmabs-edge", "build", _quote(source), "--out", _quote(engine_path)]
@@ -289,7 +295,8 @@ class EngineCheck:
     """What :func:`check_manifest` decided for an engine that may be loaded."""
 
     manifest: EngineManifest | None
-    #: Set ``runtime.engine_host_code_allowed = True`` (version-compatible plans embed a lean runtime).
+    #: Set ``runtime.engine_host_code_allowed = True`` (a version-compatible plan embeds
+    #: its lean runtime, which is host code).
     host_code_allowed: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -306,17 +313,22 @@ def check_manifest(
     Raises :class:`EngineMismatchError` listing every problem found (another TensorRT version or
     compute capability, another CPU architecture/OS, another ONNX graph than ``onnx_path``, or an
     engine file that is truncated or differs from the one the manifest describes), each as
-    "built with … / running …", followed by the rebuild command. A missing manifest is a warning:
+    "built with … / running …", followed by the rebuild command. A missing manifest is a
+    warning:
     TensorRT's own check at deserialisation is then the only one.
     """
     engine_path = Path(engine_path)
     command = rebuild_command(engine_path, manifest, onnx_path)
     can_rebuild = bool(onnx_path or (manifest and Path(manifest.onnx_path).is_file()))
     if not engine_path.is_file():
-        raise EngineMismatchError(f"Engine file not found: {engine_path}. Build it with: {command}", command, can_rebuild)
+        raise EngineMismatchError(
+            f"Engine file not found: {engine_path}. Build it with: {command}", command, can_rebuild
+        )
     size = engine_path.stat().st_size
     if size == 0:
-        raise EngineMismatchError(f"{engine_path} is empty (0 bytes). Rebuild it with: {command}", command, can_rebuild)
+        raise EngineMismatchError(
+            f"{engine_path} is empty (0 bytes). Rebuild it with: {command}", command, can_rebuild
+        )
 
     if manifest is None:
         message = (
@@ -331,20 +343,30 @@ def check_manifest(
     built = manifest.built_on
     if (built.machine, built.system) != (running.machine, running.system):
         problems.append(
-            f"built on {built.system}/{built.machine} / running on {running.system}/{running.machine} "
+            f"built on {built.system}/{built.machine} / running on "
+            f"{running.system}/{running.machine} "
             "(plans are not portable across platforms)"
         )
-    if not version_combination_supported(built.tensorrt_version, running.tensorrt_version, manifest.version_compatible):
-        how = "a version-compatible plan" if manifest.version_compatible else "a standard plan (needs the same version)"
+    if not version_combination_supported(
+        built.tensorrt_version, running.tensorrt_version, manifest.version_compatible
+    ):
+        how = (
+            "a version-compatible plan"
+            if manifest.version_compatible
+            else "a standard plan (needs the same version)"
+        )
         problems.append(
-            f"built with TensorRT {built.tensorrt_version} / running TensorRT {running.tensorrt_version}: {how}"
+            f"built with TensorRT {built.tensorrt_version} / running TensorRT "
+            f"{running.tensorrt_version}: {how}"
         )
     if not compute_capability_supported(
         built.compute_capability, running.compute_capability, manifest.hardware_compatibility
     ):
         problems.append(
-            f"built with compute capability {built.compute_capability} ({built.gpu_name or 'unknown GPU'}) / "
-            f"running compute capability {running.compute_capability} ({running.gpu_name or 'unknown GPU'}); "
+            f"built with compute capability {built.compute_capability} "
+            f"({built.gpu_name or 'unknown GPU'}) / "
+            f"running compute capability {running.compute_capability} "
+            f"({running.gpu_name or 'unknown GPU'}); "
             f"hardware compatibility {manifest.hardware_compatibility}"
         )
     if onnx_path is not None and Path(onnx_path).is_file():
@@ -352,7 +374,9 @@ def check_manifest(
 
     if problems:
         raise EngineMismatchError(
-            f"{engine_path} cannot be used here: " + "; ".join(problems) + f". Rebuild it with: {command} "
+            f"{engine_path} cannot be used here: "
+            + "; ".join(problems)
+            + f". Rebuild it with: {command} "
             "(or open it with rebuild_if_stale / --rebuild-if-stale to rebuild automatically).",
             command,
             can_rebuild,
@@ -365,7 +389,11 @@ def check_manifest(
             f"version-compatible plan built with TensorRT {built.tensorrt_version}, "
             f"running on {running.tensorrt_version}"
         )
-    if manifest.hardware_compatibility == "NONE" and built.gpu_name and built.gpu_name != running.gpu_name:
+    if (
+        manifest.hardware_compatibility == "NONE"
+        and built.gpu_name
+        and built.gpu_name != running.gpu_name
+    ):
         check.notes.append(
             f"built on {built.gpu_name}, running on {running.gpu_name} (same compute capability); "
             "TensorRT may refuse or run slower - rebuild on this GPU for best results"
@@ -375,12 +403,19 @@ def check_manifest(
     return check
 
 
-def _file_problems(engine_path: Path, manifest: EngineManifest, size: int, verify_sha256: bool) -> list[str]:
+def _file_problems(
+    engine_path: Path, manifest: EngineManifest, size: int, verify_sha256: bool
+) -> list[str]:
     if size != manifest.engine_nbytes:
         state = "truncated" if size < manifest.engine_nbytes else "longer than built"
-        return [f"engine file {state}: manifest says {manifest.engine_nbytes} bytes, file has {size}"]
+        return [
+            f"engine file {state}: manifest says {manifest.engine_nbytes} bytes, file has {size}"
+        ]
     if verify_sha256 and sha256_file(engine_path) != manifest.engine_sha256:
-        return ["engine file differs from the one its manifest describes (corrupt, or replaced without its manifest)"]
+        return [
+            "engine file differs from the one its manifest describes (corrupt, or replaced "
+            "without its manifest)"
+        ]
     return []
 
 
@@ -391,15 +426,17 @@ def _graph_problems(onnx_path: Path, manifest: EngineManifest) -> list[str]:
     if current == manifest.onnx_graph_sha256:
         return []
     return [
-        f"built from ONNX graph {manifest.onnx_graph_sha256[:12]} / {onnx_path} now has graph {current[:12]} "
-        "(the model changed; a threshold change alone never changes this hash)"
+        f"built from ONNX graph {manifest.onnx_graph_sha256[:12]} / {onnx_path} now has graph "
+        f"{current[:12]} (the model changed; a threshold change alone never changes this hash)"
     ]
 
 
 # -- operating point -------------------------------------------------------------------------
 
 
-def update_manifest_operating_point(engine_path: str | Path, threshold: float, threshold_rule: str) -> EngineManifest:
+def update_manifest_operating_point(
+    engine_path: str | Path, threshold: float, threshold_rule: str
+) -> EngineManifest:
     """Set the threshold (and its rule) in an engine's manifest metadata; nothing else changes.
 
     The engine file, its hash and the graph hash stay as they are, so the engine stays valid.
@@ -408,8 +445,8 @@ def update_manifest_operating_point(engine_path: str | Path, threshold: float, t
     manifest = read_manifest(engine_path)
     if manifest is None:
         raise ModelError(
-            f"{engine_path} has no manifest ({path.name}), so it has no stored operating point to change; "
-            "rebuild it with 'fmabs-edge build' or pass --threshold when running it."
+            f"{engine_path} has no manifest ({path.name}), so it has no stored operating point to "
+            "change; rebuild it with 'fmabs-edge build' or pass --threshold when running it."
         )
     metadata = manifest.model_metadata()
     metadata.threshold = float(threshold)

@@ -86,12 +86,13 @@ def import_tensorrt(purpose: str = "The TensorRT backend") -> ModuleType:
         jetpack = ""
         if version[0] == 8:
             jetpack = (
-                " JetPack 6.0 ships TensorRT 8.6, which has no strongly typed networks: upgrade the Jetson "
-                "to JetPack 6.1 or later (TensorRT 10.3)."
+                " JetPack 6.0 ships TensorRT 8.6, which has no strongly typed networks: upgrade "
+                "the Jetson to JetPack 6.1 or later (TensorRT 10.3)."
             )
         raise MissingExtraError(
             f"TensorRT {trt.__version__} is too old: fmabs-edge needs TensorRT >= "
-            f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} (strongly typed networks, name-based I/O).{jetpack}"
+            f"{MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} "
+            f"(strongly typed networks, name-based I/O).{jetpack}"
         )
     return trt
 
@@ -167,7 +168,9 @@ class TrtRunner(Runner):
 
     backend = "trt"
 
-    def __init__(self, path: Path, metadata: ModelMetadata, input_hw: tuple[int, int], max_batch: int) -> None:
+    def __init__(
+        self, path: Path, metadata: ModelMetadata, input_hw: tuple[int, int], max_batch: int
+    ) -> None:
         super().__init__(path, metadata, input_hw, max_batch)
         self._trt: ModuleType | None = None
         self._trt_logger: Any = None
@@ -224,7 +227,9 @@ class TrtRunner(Runner):
         running = probe_platform(trt, backend)
         manifest = read_manifest(path) if path.is_file() else None
         try:
-            return check_manifest(path, manifest, running, onnx_path=onnx, verify_sha256=verify_sha256)
+            return check_manifest(
+                path, manifest, running, onnx_path=onnx, verify_sha256=verify_sha256
+            )
         except EngineMismatchError as err:
             if not (rebuild_if_stale and err.can_rebuild):
                 raise
@@ -232,11 +237,18 @@ class TrtRunner(Runner):
         from fmabs_edge.converters.tensorrt_build import rebuild_from_manifest
 
         rebuild_from_manifest(path, manifest, onnx_path=onnx, cuda=backend)
-        return check_manifest(path, read_manifest(path), running, onnx_path=onnx, verify_sha256=verify_sha256)
+        return check_manifest(
+            path, read_manifest(path), running, onnx_path=onnx, verify_sha256=verify_sha256
+        )
 
     @classmethod
     def _load(
-        cls, trt: ModuleType, path: Path, check: EngineCheck, backend: CudaBackend, onnx: str | Path | None
+        cls,
+        trt: ModuleType,
+        path: Path,
+        check: EngineCheck,
+        backend: CudaBackend,
+        onnx: str | Path | None,
     ) -> "TrtRunner":
         trt_logger = make_logger(trt)
         runtime = trt.Runtime(trt_logger)
@@ -248,8 +260,8 @@ class TrtRunner(Runner):
         if engine is None:
             command = rebuild_command(path, check.manifest, onnx)
             raise EngineMismatchError(
-                f"TensorRT could not deserialise {path}: {trt_logger.summary()}. Likely causes: (1) it was built "
-                "by another TensorRT version or for another GPU"
+                f"TensorRT could not deserialise {path}: {trt_logger.summary()}. Likely causes: "
+                "(1) it was built by another TensorRT version or for another GPU"
                 + (" (it has no manifest to tell)" if check.manifest is None else "")
                 + "; (2) the file is corrupt or truncated; (3) it is not a TensorRT engine. "
                 f"Rebuild it with: {command}",
@@ -263,7 +275,12 @@ class TrtRunner(Runner):
         runner.min_batch = spec["min_batch"]
         runner.manifest = check.manifest
         runner.model_hash = check.manifest.onnx_graph_sha256 if check.manifest else ""
-        runner._trt, runner._trt_logger, runner._runtime, runner._engine = trt, trt_logger, runtime, engine
+        runner._trt, runner._trt_logger, runner._runtime, runner._engine = (
+            trt,
+            trt_logger,
+            runtime,
+            engine,
+        )
         runner._cuda = backend
         try:
             runner._allocate(spec)
@@ -295,15 +312,23 @@ class TrtRunner(Runner):
             self._set_batch(spec["max_batch"])
             for name in spec["names"]:
                 is_input = name == INPUT_NAME
-                shape = spec["max_input_shape"] if is_input else tuple(self._context.get_tensor_shape(name))
+                shape = (
+                    spec["max_input_shape"]
+                    if is_input
+                    else tuple(self._context.get_tensor_shape(name))
+                )
                 if any(d < 0 for d in shape):
-                    raise ModelError(f"{self.path}: TensorRT left output '{name}' with unknown shape {shape}.")
+                    raise ModelError(
+                        f"{self.path}: TensorRT left output '{name}' with unknown shape {shape}."
+                    )
                 dtype = spec["dtypes"][name]
                 host = cuda.alloc_host(shape, dtype)
                 device = cuda.alloc_device(host.nbytes)
                 self._slots[name] = _TensorSlot(name, dtype, is_input, host, device)
                 if not self._context.set_tensor_address(name, device.ptr):
-                    raise ModelError(f"{self.path}: TensorRT refused the device address of tensor '{name}'.")
+                    raise ModelError(
+                        f"{self.path}: TensorRT refused the device address of tensor '{name}'."
+                    )
 
     # -- inference -----------------------------------------------------------------------------
 
@@ -314,12 +339,14 @@ class TrtRunner(Runner):
         height, width = self.input_hw
         if not self._context.set_input_shape(INPUT_NAME, (batch, height, width, 3)):
             raise UsageError(
-                f"{self.path}: TensorRT refused batch {batch} (profile {self.min_batch}..{self.max_batch}): "
-                f"{self._trt_logger.summary()}"
+                f"{self.path}: TensorRT refused batch {batch} (profile "
+                f"{self.min_batch}..{self.max_batch}): {self._trt_logger.summary()}"
             )
         missing = self._context.infer_shapes()
         if missing:
-            raise ModelError(f"{self.path}: TensorRT cannot infer shapes; unspecified inputs: {list(missing)}.")
+            raise ModelError(
+                f"{self.path}: TensorRT cannot infer shapes; unspecified inputs: {list(missing)}."
+            )
         self._batch = batch
 
     def _infer_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -338,7 +365,9 @@ class TrtRunner(Runner):
             staged[...] = images
             cuda.copy_to_device(source.device, staged, stream)
             if not self._context.execute_async_v3(stream.handle):
-                raise ModelError(f"{self.path}: TensorRT execution failed: {self._trt_logger.summary()}")
+                raise ModelError(
+                    f"{self.path}: TensorRT execution failed: {self._trt_logger.summary()}"
+                )
             views = {}
             for slot in self._slots.values():
                 if slot.is_input:
@@ -389,7 +418,7 @@ class TrtRunner(Runner):
 
 
 def _read_io(trt: ModuleType, engine: Any, path: Path) -> dict[str, Any]:
-    """Names, dtypes and shapes of the engine's I/O tensors, checked against the fmabs-edge contract."""
+    """Names, dtypes and shapes of the engine's I/O tensors, checked against the contract."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -406,16 +435,22 @@ def _read_io(trt: ModuleType, engine: Any, path: Path) -> dict[str, Any]:
     expected = {INPUT_NAME: np.uint8, MAP_OUTPUT: np.float32, SCORE_OUTPUT: np.float32}
     wrong = {n: str(dtypes[n]) for n, t in expected.items() if dtypes[n] != np.dtype(t)}
     if wrong:
-        raise ModelError(f"{path}: I/O dtypes {wrong} differ from the contract (images uint8, outputs float32).")
+        raise ModelError(
+            f"{path}: I/O dtypes {wrong} differ from the contract (images uint8, outputs float32)."
+        )
 
     shape = tuple(engine.get_tensor_shape(INPUT_NAME))
     if len(shape) != 4 or shape[3] != 3 or min(shape[1:3]) <= 0:
-        raise ModelError(f"{path}: input '{INPUT_NAME}' has shape {shape}; expected (N, H, W, 3) with fixed H, W.")
+        raise ModelError(
+            f"{path}: input '{INPUT_NAME}' has shape {shape}; "
+            "expected (N, H, W, 3) with fixed H, W."
+        )
     min_shape, _, max_shape = (tuple(s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
     if min_shape[0] != 1:
         raise ModelError(
-            f"{path}: the engine's profile starts at batch {min_shape[0]}; serving needs batches of 1 "
-            "(the last frames of a folder, single camera frames). Rebuild it with --min-batch 1."
+            f"{path}: the engine's profile starts at batch {min_shape[0]}; serving needs batches "
+            "of 1 (the last frames of a folder, single camera frames). Rebuild it with "
+            "--min-batch 1."
         )
     map_shape = tuple(engine.get_tensor_shape(MAP_OUTPUT))
     return {
@@ -453,7 +488,7 @@ def _metadata_for(
                 metadata.model.image_size = map_size
     if map_size and metadata.image_size != map_size:
         raise ModelError(
-            f"{path}: the engine's anomaly map is {map_size} px but its metadata says {metadata.image_size}; "
-            "the manifest belongs to another model. Rebuild the engine."
+            f"{path}: the engine's anomaly map is {map_size} px but its metadata says "
+            f"{metadata.image_size}; the manifest belongs to another model. Rebuild the engine."
         )
     return metadata

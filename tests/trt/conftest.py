@@ -84,11 +84,19 @@ def make_contract_onnx(
     nodes = [
         helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT, name="fmabs.pre/cast"),
         helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2], name="fmabs.pre/layout"),
-        helper.make_node("ReduceMean", ["nchw"], ["mean"], axes=[1], keepdims=1, name="fmabs.features/mean"),
+        helper.make_node(
+            "ReduceMean", ["nchw"], ["mean"], axes=[1], keepdims=1, name="fmabs.features/mean"
+        ),
         helper.make_node("Mul", ["mean", "scale"], ["anomaly_map"], name="fmabs.scoring/scale"),
-        helper.make_node("ReduceMax", ["anomaly_map"], ["image_score"], axes=[1, 2, 3], keepdims=0,
-                         name="fmabs.scoring/max"),
-    ]  # fmt: skip
+        helper.make_node(
+            "ReduceMax",
+            ["anomaly_map"],
+            ["image_score"],
+            axes=[1, 2, 3],
+            keepdims=0,
+            name="fmabs.scoring/max",
+        ),
+    ]
     if extra_node is not None:
         nodes.append(extra_node)
     outputs = [

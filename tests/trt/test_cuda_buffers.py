@@ -50,7 +50,11 @@ def test_pycuda_round_trip_and_context_per_thread(fake_pycuda: list) -> None:
     backend = PyCudaBackend(0)
     assert np.array_equal(round_trip(backend, DATA), DATA)
     info = backend.device_info()
-    assert (info.name, info.compute_capability_str, info.cuda_driver_version) == ("Fake pycuda GPU", "8.6", "12.6")
+    assert (info.name, info.compute_capability_str, info.cuda_driver_version) == (
+        "Fake pycuda GPU",
+        "8.6",
+        "12.6",
+    )
 
     worker = threading.Thread(target=lambda: round_trip(backend, DATA[:1]))
     worker.start()
@@ -68,7 +72,11 @@ def test_cuda_python_round_trip_and_copy_directions(fake_cudart: list) -> None:
     assert out.dtype == DATA.dtype and np.array_equal(out, DATA)
     kinds = [entry[1] for entry in fake_cudart if entry[0] == "memcpy"]
     assert kinds == [1, 2]  # host-to-device, then device-to-host
-    frees = [entry[0] for entry in fake_cudart if entry[0].startswith("free") or entry[0] == "destroy_stream"]
+    frees = [
+        entry[0]
+        for entry in fake_cudart
+        if entry[0].startswith("free") or entry[0] == "destroy_stream"
+    ]
     assert frees == ["free_device", "free_host", "free_host", "destroy_stream"]
     info = backend.device_info()
     assert info.name == "Fake cuda-python GPU" and info.compute_capability == (8, 9)
@@ -97,12 +105,18 @@ def test_freeing_twice_is_harmless(fake_cudart: list) -> None:
 
 def test_copies_larger_than_the_device_buffer_are_refused(fake_cudart: list) -> None:
     backend = CudaPythonBackend(0)
-    stream, host, device = backend.create_stream(), backend.alloc_host((16,), np.float32), backend.alloc_device(32)
+    stream, host, device = (
+        backend.create_stream(),
+        backend.alloc_host((16,), np.float32),
+        backend.alloc_device(32),
+    )
     with pytest.raises(CudaError, match="do not fit"):
         backend.copy_to_device(device, host.array, stream)
 
 
-def test_open_cuda_prefers_pycuda_then_cuda_python(fake_pycuda: list, fake_cudart: list, monkeypatch) -> None:
+def test_open_cuda_prefers_pycuda_then_cuda_python(
+    fake_pycuda: list, fake_cudart: list, monkeypatch
+) -> None:
     assert open_cuda().name == "pycuda"
     assert open_cuda("cuda-python").name == "cuda-python"
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
@@ -113,7 +127,9 @@ def test_open_cuda_prefers_pycuda_then_cuda_python(fake_pycuda: list, fake_cudar
 def test_no_binding_at_all_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("pycuda", "pycuda.driver", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(MissingExtraError, match=r"pycuda or cuda-python.*fmabs-edge\[trt\].*--system-site-packages"):
+    with pytest.raises(
+        MissingExtraError, match=r"pycuda or cuda-python.*fmabs-edge\[trt\].*--system-site-packages"
+    ):
         open_cuda()
     with pytest.raises(MissingExtraError, match="'pycuda'"):
         open_cuda("pycuda")

@@ -34,8 +34,13 @@ from fmabs_edge.runtime.engine_manifest import (
 
 
 def _platform(**changes) -> Platform:
-    values = dict(tensorrt_version="10.3.0.30", compute_capability="8.7", gpu_name="Orin", machine="aarch64",
-                  system="Linux")  # fmt: skip
+    values = dict(
+        tensorrt_version="10.3.0.30",
+        compute_capability="8.7",
+        gpu_name="Orin",
+        machine="aarch64",
+        system="Linux",
+    )
     values.update(changes)
     return Platform(**values)
 
@@ -90,14 +95,19 @@ def test_tampered_version_in_the_manifest_file_is_refused(engine) -> None:
     raw = json.loads(manifest_path(path).read_text())
     raw["built_on"]["tensorrt_version"] = "10.7.0.23"
     manifest_path(path).write_text(json.dumps(raw))
-    with pytest.raises(EngineMismatchError, match="built with TensorRT 10.7.0.23 / running TensorRT 10.3.0.30"):
+    with pytest.raises(
+        EngineMismatchError, match="built with TensorRT 10.7.0.23 / running TensorRT 10.3.0.30"
+    ):
         check_manifest(path, read_manifest(path), _platform())
 
 
 def test_other_compute_capability_is_refused(engine) -> None:
     path, manifest, _ = engine
-    with pytest.raises(EngineMismatchError, match=r"built with compute capability 8\.7 \(Orin\) / running compute "
-                                                  r"capability 8\.6 \(RTX 3090\)"):  # fmt: skip
+    with pytest.raises(
+        EngineMismatchError,
+        match=r"built with compute capability 8\.7 \(Orin\) / running compute "
+        r"capability 8\.6 \(RTX 3090\)",
+    ):
         check_manifest(path, manifest, _platform(compute_capability="8.6", gpu_name="RTX 3090"))
 
 
@@ -130,7 +140,9 @@ def test_changed_graph_is_refused_but_a_threshold_change_is_not(engine, contract
 def test_truncated_engine_is_refused(engine) -> None:
     path, manifest, _ = engine
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(EngineMismatchError, match="truncated: manifest says 10240 bytes, file has 1000"):
+    with pytest.raises(
+        EngineMismatchError, match="truncated: manifest says 10240 bytes, file has 1000"
+    ):
         check_manifest(path, manifest, _platform())
 
 
@@ -207,7 +219,9 @@ def test_compute_capability_rules() -> None:
 
 def test_l4t_release_is_read_from_nv_tegra_release(tmp_path: Path) -> None:
     release = tmp_path / "nv_tegra_release"
-    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: x\n")
+    release.write_text(
+        "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: x\n"
+    )
     assert read_l4t_release(release) == "36.4.0"
     assert jetpack_for("36.4.0") == "6.1/6.2"
     assert jetpack_for("36.3.0") == "6.0"
@@ -217,7 +231,9 @@ def test_l4t_release_is_read_from_nv_tegra_release(tmp_path: Path) -> None:
 def test_operating_point_update_touches_only_the_threshold(engine) -> None:
     path, manifest, onnx_path = engine
     before = path.read_bytes()
-    updated = update_manifest_operating_point(path, threshold=0.75, threshold_rule="refit on 50 good images")
+    updated = update_manifest_operating_point(
+        path, threshold=0.75, threshold_rule="refit on 50 good images"
+    )
     assert updated.model_metadata().threshold == 0.75
     reread = read_manifest(path)
     assert reread.model_metadata().threshold_rule == "refit on 50 good images"

@@ -49,10 +49,14 @@ def test_uniform_frames_score_as_in_the_original(contract_onnx, tmp_path: Path) 
     small = np.full((2, 16, 16, 3), 97, dtype=np.uint8)
     with OrtRunner.open(tmp_path / "camera.onnx") as variant, OrtRunner.open(source) as original:
         assert variant.input_hw == (36, 48)
-        np.testing.assert_array_equal(variant.infer(camera).anomaly_map, original.infer(small).anomaly_map)
+        np.testing.assert_array_equal(
+            variant.infer(camera).anomaly_map, original.infer(small).anomaly_map
+        )
 
 
-def test_resized_graph_passes_the_stand_in_parser_and_runs(standin_trt, fake_cuda, contract_onnx, tmp_path) -> None:
+def test_resized_graph_passes_the_stand_in_parser_and_runs(
+    standin_trt, fake_cuda, contract_onnx, tmp_path
+) -> None:
     camera_onnx = tmp_path / "camera.onnx"
     add_input_resize(contract_onnx(size=16), camera_onnx, width=40, height=30)
     engine = tmp_path / "camera.engine"
@@ -61,7 +65,9 @@ def test_resized_graph_passes_the_stand_in_parser_and_runs(standin_trt, fake_cud
     frames = np.random.default_rng(1).integers(0, 256, size=(3, 30, 40, 3), dtype=np.uint8)
     with TrtRunner.open(engine, cuda=fake_cuda) as runner, OrtRunner.open(camera_onnx) as reference:
         assert runner.input_hw == (30, 40) and runner.image_size == 16
-        np.testing.assert_array_equal(runner.infer(frames).image_score, reference.infer(frames).image_score)
+        np.testing.assert_array_equal(
+            runner.infer(frames).image_score, reference.infer(frames).image_score
+        )
 
 
 def test_a_resized_graph_is_not_resized_again(contract_onnx, tmp_path: Path) -> None:
@@ -70,34 +76,49 @@ def test_a_resized_graph_is_not_resized_again(contract_onnx, tmp_path: Path) -> 
         add_input_resize(tmp_path / "camera.onnx", tmp_path / "twice.onnx", width=80, height=60)
 
 
-def test_gate_compares_eval_metrics_and_records_the_result(contract_onnx, synthetic_category, tmp_path) -> None:
+def test_gate_compares_eval_metrics_and_records_the_result(
+    contract_onnx, synthetic_category, tmp_path
+) -> None:
     source = contract_onnx(size=32)
     camera = tmp_path / "camera.onnx"
     add_input_resize(source, camera, width=96, height=72)
     result = gate_input_resize(camera, source, synthetic_category, max_drop=1.0)
-    assert result["status"] == "passed" and set(result["drops"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    assert result["status"] == "passed" and set(result["drops"]) == {
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+    }
     stored = read_metadata(load_onnx(camera), "camera").conversion["input_resize"]["gate"]
     assert stored["status"] == "passed" and stored["n_images"] == result["n_images"] > 0
 
     before = onnx.load(str(camera)).graph.SerializeToString()
     with pytest.raises(GateError, match="loses accuracy"):
         gate_input_resize(camera, source, synthetic_category, max_drop=-1.0)
-    assert read_metadata(load_onnx(camera), "camera").conversion["input_resize"]["gate"]["status"] == "failed"
+    assert (
+        read_metadata(load_onnx(camera), "camera").conversion["input_resize"]["gate"]["status"]
+        == "failed"
+    )
     assert onnx.load(str(camera)).graph.SerializeToString() == before  # kept, graph untouched
 
 
-def test_export_input_size_flag_resizes_the_exported_file(contract_onnx, monkeypatch, tmp_path) -> None:
+def test_export_input_size_flag_resizes_the_exported_file(
+    contract_onnx, monkeypatch, tmp_path
+) -> None:
     from fmabs_edge.converters import export as export_module
 
     source = contract_onnx(size=16)
 
-    def fake_export(checkpoint, out_path, check=True):  # the real export is tested with the lead's model
+    def fake_export(
+        checkpoint, out_path, check=True
+    ):  # the real export is tested with the lead's model
         Path(out_path).write_bytes(source.read_bytes())
         return {"onnx": str(out_path)}
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
     out = tmp_path / "out.onnx"
-    result = CliRunner().invoke(main, ["-q", "export", "ckpt.pt", "--out", str(out), "--input-size", "64x48"])
+    result = CliRunner().invoke(
+        main, ["-q", "export", "ckpt.pt", "--out", str(out), "--input-size", "64x48"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["input_resize"]["input_hw"] == [48, 64]
     assert input_hw(load_onnx(out)) == (48, 64)

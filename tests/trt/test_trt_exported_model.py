@@ -25,7 +25,9 @@ def test_exported_uint8_input_feeds_a_cast_first(tiny_onnx) -> None:
     if consumers != ["Cast"]:
         # TODO(fmabs): DeployModel.components permutes the uint8 frames before casting them, so the
         # exported graph feeds uint8 into a Transpose, which TensorRT refuses; cast first (#4)
-        pytest.xfail(f"exported graph's uint8 input feeds {consumers}, not a Cast; TensorRT refuses this")
+        pytest.xfail(
+            f"exported graph's uint8 input feeds {consumers}, not a Cast; TensorRT refuses this"
+        )
     assert consumers == ["Cast"]
 
 

@@ -18,7 +18,11 @@ import pytest
 from fmabs_edge.converters.tensorrt_build import build_engine
 from fmabs_edge.errors import MissingExtraError, ModelError
 from fmabs_edge.runtime import trt_runner as trt_runner_module
-from fmabs_edge.runtime.engine_manifest import EngineMismatchError, manifest_path, update_manifest_operating_point
+from fmabs_edge.runtime.engine_manifest import (
+    EngineMismatchError,
+    manifest_path,
+    update_manifest_operating_point,
+)
 from fmabs_edge.runtime.ort_runner import OrtRunner
 from fmabs_edge.runtime.runners import load_runner
 from fmabs_edge.runtime.trt_runner import TrtRunner
@@ -40,7 +44,9 @@ def _executions(module) -> list[tuple[int, ...]]:
     return [call[2]["images"] for call in module._state.calls if call[0] == "execute_async_v3"]
 
 
-def test_runner_matches_onnx_runtime_and_splits_batches(built, standin_trt, fake_cuda, frames) -> None:
+def test_runner_matches_onnx_runtime_and_splits_batches(
+    built, standin_trt, fake_cuda, frames
+) -> None:
     engine, onnx_path = built
     images = frames(11)
     with TrtRunner.open(engine, cuda=fake_cuda) as runner:
@@ -54,7 +60,9 @@ def test_runner_matches_onnx_runtime_and_splits_batches(built, standin_trt, fake
     assert [shape[0] for shape in _executions(standin_trt)] == [4, 4, 3]
 
 
-def test_buffers_are_allocated_once_and_copies_use_one_stream(built, standin_trt, fake_cuda, frames) -> None:
+def test_buffers_are_allocated_once_and_copies_use_one_stream(
+    built, standin_trt, fake_cuda, frames
+) -> None:
     engine, _ = built
     with TrtRunner.open(engine, cuda=fake_cuda) as runner:
         allocations = sum(1 for e in fake_cuda.events if e[0] == "alloc_device")
@@ -70,7 +78,9 @@ def test_buffers_are_allocated_once_and_copies_use_one_stream(built, standin_trt
     assert copied_in == [3 * 16 * 16 * 3, 16 * 16 * 3, 4 * 16 * 16 * 3]
 
 
-def test_outputs_are_found_by_name_not_position(standin_trt, fake_cuda, contract_onnx, tmp_path, frames) -> None:
+def test_outputs_are_found_by_name_not_position(
+    standin_trt, fake_cuda, contract_onnx, tmp_path, frames
+) -> None:
     onnx_path = contract_onnx(outputs_reversed=True)
     engine = tmp_path / "reversed.engine"
     build_engine(onnx_path, engine, max_batch=2, cuda=fake_cuda)
@@ -92,7 +102,9 @@ def test_results_are_copies_not_views_of_reused_buffers(built, fake_cuda, frames
     np.testing.assert_array_equal(first.image_score, kept)
 
 
-def test_trt_objects_are_freed_before_buffers_and_context(built, standin_trt, monkeypatch, frames) -> None:
+def test_trt_objects_are_freed_before_buffers_and_context(
+    built, standin_trt, monkeypatch, frames
+) -> None:
     engine, _ = built
     owned = HostMemoryCuda(events=standin_trt._state.calls)
     monkeypatch.setattr(trt_runner_module, "open_cuda", lambda cuda, device: owned)
@@ -100,17 +112,23 @@ def test_trt_objects_are_freed_before_buffers_and_context(built, standin_trt, mo
         runner.infer(frames(2))
     names = [call[0] if call[0] != "del" else f"del {call[1]}" for call in standin_trt._state.calls]
     last_trt = max(names.index("del IExecutionContext"), names.index("del ICudaEngine"))
-    first_free = min(i for i, name in enumerate(names) if name in ("free_device", "free_host", "destroy_stream"))
+    first_free = min(
+        i for i, name in enumerate(names) if name in ("free_device", "free_host", "destroy_stream")
+    )
     assert names.index("del IExecutionContext") < names.index("del ICudaEngine")
     assert last_trt < first_free < names.index("release_context")
     assert runner._slots == {} and runner._cuda is None
 
 
-def test_inference_in_another_thread_makes_the_context_current_there(built, fake_cuda, frames) -> None:
+def test_inference_in_another_thread_makes_the_context_current_there(
+    built, fake_cuda, frames
+) -> None:
     engine, _ = built
     runner = TrtRunner.open(engine, cuda=fake_cuda)
     results = {}
-    worker = threading.Thread(target=lambda: results.update(ident=threading.get_ident(), out=runner.infer(frames(5))))
+    worker = threading.Thread(
+        target=lambda: results.update(ident=threading.get_ident(), out=runner.infer(frames(5)))
+    )
     worker.start()
     worker.join()
     runner.close()
@@ -132,12 +150,16 @@ def test_other_tensorrt_version_is_refused_before_deserialising(built, monkeypat
     other = trt_standin.make_tensorrt("11.1" if version == "10.3" else "10.3")
     monkeypatch.setitem(sys.modules, "tensorrt", other)
     cuda = HostMemoryCuda(events=other._state.calls)
-    with pytest.raises(EngineMismatchError, match=r"built with TensorRT .* / running TensorRT .*fmabs-edge build"):
+    with pytest.raises(
+        EngineMismatchError, match=r"built with TensorRT .* / running TensorRT .*fmabs-edge build"
+    ):
         TrtRunner.open(engine, cuda=cuda)
     assert not [c for c in other._state.calls if c[0] == "deserialize_cuda_engine"]
 
 
-def test_version_compatible_10_3_engine_runs_on_11(monkeypatch, contract_onnx, tmp_path, frames) -> None:
+def test_version_compatible_10_3_engine_runs_on_11(
+    monkeypatch, contract_onnx, tmp_path, frames
+) -> None:
     engine = tmp_path / "vc.engine"
     older, newer = trt_standin.make_tensorrt("10.3"), trt_standin.make_tensorrt("11.1")
     monkeypatch.setitem(sys.modules, "tensorrt", older)
@@ -153,9 +175,16 @@ def test_standard_11_engine_is_refused_on_10_3(monkeypatch, contract_onnx, tmp_p
     engine = tmp_path / "new.engine"
     older, newer = trt_standin.make_tensorrt("10.3"), trt_standin.make_tensorrt("11.1")
     monkeypatch.setitem(sys.modules, "tensorrt", newer)
-    build_engine(contract_onnx(), engine, version_compatible=True, cuda=HostMemoryCuda(events=newer._state.calls))
+    build_engine(
+        contract_onnx(),
+        engine,
+        version_compatible=True,
+        cuda=HostMemoryCuda(events=newer._state.calls),
+    )
     monkeypatch.setitem(sys.modules, "tensorrt", older)
-    with pytest.raises(EngineMismatchError, match="built with TensorRT 11.1.0.106 / running TensorRT 10.3.0.30"):
+    with pytest.raises(
+        EngineMismatchError, match="built with TensorRT 11.1.0.106 / running TensorRT 10.3.0.30"
+    ):
         TrtRunner.open(engine, cuda=HostMemoryCuda(events=older._state.calls))
 
 
@@ -171,14 +200,18 @@ def test_rebuild_if_stale_rebuilds_for_another_gpu(built, standin_trt, frames) -
         runner.infer(frames(2))
 
 
-def test_engine_with_min_batch_above_one_is_refused_for_serving(standin_trt, fake_cuda, contract_onnx, tmp_path) -> None:
+def test_engine_with_min_batch_above_one_is_refused_for_serving(
+    standin_trt, fake_cuda, contract_onnx, tmp_path
+) -> None:
     engine = tmp_path / "m.engine"
     build_engine(contract_onnx(), engine, min_batch=2, max_batch=4, cuda=fake_cuda)
     with pytest.raises(ModelError, match="--min-batch 1"):
         TrtRunner.open(engine, cuda=fake_cuda)
 
 
-def test_missing_manifest_warns_and_takes_metadata_from_the_onnx_beside_it(built, fake_cuda, caplog) -> None:
+def test_missing_manifest_warns_and_takes_metadata_from_the_onnx_beside_it(
+    built, fake_cuda, caplog
+) -> None:
     engine, onnx_path = built
     manifest_path(engine).unlink()
     engine.with_suffix(".onnx").write_bytes(onnx_path.read_bytes())
@@ -191,7 +224,9 @@ def test_corrupt_engine_without_manifest_reports_what_tensorrt_logged(built, fak
     engine, _ = built
     manifest_path(engine).unlink()
     engine.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(EngineMismatchError, match=r"could not deserialise.*Serialization assertion.*corrupt"):
+    with pytest.raises(
+        EngineMismatchError, match=r"could not deserialise.*Serialization assertion.*corrupt"
+    ):
         TrtRunner.open(engine, cuda=fake_cuda)
 
 
@@ -205,11 +240,16 @@ def test_truncated_engine_is_refused_with_its_manifest(built, fake_cuda) -> None
 def test_failed_execution_is_an_error_with_the_log(built, standin_trt, fake_cuda, frames) -> None:
     engine, _ = built
     standin_trt._state.fail_execute = True
-    with TrtRunner.open(engine, cuda=fake_cuda) as runner, pytest.raises(ModelError, match="execution failed"):
+    with (
+        TrtRunner.open(engine, cuda=fake_cuda) as runner,
+        pytest.raises(ModelError, match="execution failed"),
+    ):
         runner.infer(frames(1))
 
 
-def test_opening_an_onnx_file_builds_the_engine_beside_it(standin_trt, fake_cuda, contract_onnx, frames) -> None:
+def test_opening_an_onnx_file_builds_the_engine_beside_it(
+    standin_trt, fake_cuda, contract_onnx, frames
+) -> None:
     onnx_path = contract_onnx()
     with load_runner(onnx_path, backend="trt", cuda=fake_cuda) as runner:
         assert runner.path == onnx_path.with_suffix(".engine")

@@ -40,12 +40,22 @@ def _scan() -> tuple[dict[tuple[str, ...], list[str]], dict[tuple[str, ...], lis
             tree = ast.parse(path.read_text(), str(path))
             where = lambda node: f"{path.relative_to(REPO)}:{node.lineno}"  # noqa: E731
             for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute) and not isinstance(getattr(node, "_parent", None), ast.Attribute):
+                if isinstance(node, ast.Attribute) and not isinstance(
+                    getattr(node, "_parent", None), ast.Attribute
+                ):
                     chain = _chain(node)
                     if chain:
-                        key = tuple(part for part in chain[:2] if not part.startswith("__") or part == "__version__")
+                        key = tuple(
+                            part
+                            for part in chain[:2]
+                            if not part.startswith("__") or part == "__version__"
+                        )
                         uses.setdefault(key, []).append(where(node))
-                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "hasattr" and len(node.args) == 2:
+                if (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "id", "") == "hasattr"
+                    and len(node.args) == 2
+                ):
                     target, name = node.args
                     owner = [] if isinstance(target, ast.Name) and target.id == "trt" else None
                     if isinstance(target, ast.Attribute):
@@ -87,11 +97,22 @@ def test_every_used_name_exists_in_the_surface(version: str) -> None:
 
 def test_probed_names_exist_in_at_least_one_surface() -> None:
     for key, places in PROBES.items():
-        assert any(_exists(v, key) for v in VERSIONS), f"probe of a name no version has: {key} at {places}"
+        assert any(
+            _exists(v, key) for v in VERSIONS
+        ), f"probe of a name no version has: {key} at {places}"
 
 
 def test_no_code_names_explicit_batch_or_precision_flags() -> None:
-    forbidden = {"EXPLICIT_BATCH", "FP16", "INT8", "BF16", "FP8", "INT4", "int8_calibrator", "platform_has_fast_fp16"}
+    forbidden = {
+        "EXPLICIT_BATCH",
+        "FP16",
+        "INT8",
+        "BF16",
+        "FP8",
+        "INT4",
+        "int8_calibrator",
+        "platform_has_fast_fp16",
+    }
     used = {name for key in USES for name in key} | {name for key in PROBES for name in key}
     assert not (used & forbidden)
 
@@ -108,13 +129,19 @@ def test_surfaces_record_the_documented_differences() -> None:
     assert old["NetworkDefinitionCreationFlag"]["STRONGLY_TYPED"] == 1
     assert new["NetworkDefinitionCreationFlag"]["STRONGLY_TYPED"] == 0
     assert "EXPLICIT_BATCH" not in new["NetworkDefinitionCreationFlag"]
-    assert (old["BuilderFlag"]["VERSION_COMPATIBLE"], new["BuilderFlag"]["VERSION_COMPATIBLE"]) == (13, 12)
+    assert (old["BuilderFlag"]["VERSION_COMPATIBLE"], new["BuilderFlag"]["VERSION_COMPATIBLE"]) == (
+        13,
+        12,
+    )
     assert "FP16" in old["BuilderFlag"] and "FP16" not in new["BuilderFlag"]
     assert "SAME_COMPUTE_CAPABILITY" not in old["HardwareCompatibilityLevel"]
     assert "SAME_COMPUTE_CAPABILITY" in new["HardwareCompatibilityLevel"]
     members = trt_surfaces.MEMBERS
     assert "platform_has_fast_fp16" in members["10.3"]["Builder"] - members["11.1"]["Builder"]
-    assert "all_shape_inputs_specified" in members["10.3"]["IExecutionContext"] - members["11.1"]["IExecutionContext"]
+    assert (
+        "all_shape_inputs_specified"
+        in members["10.3"]["IExecutionContext"] - members["11.1"]["IExecutionContext"]
+    )
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -20,7 +20,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fmabs_edge.runtime.cuda_buffers import CudaBackend, DeviceBuffer, DeviceInfo, HostBuffer, Stream
+from fmabs_edge.runtime.cuda_buffers import (
+    CudaBackend,
+    DeviceBuffer,
+    DeviceInfo,
+    HostBuffer,
+    Stream,
+)
 
 _handles = itertools.count(0x1000)
 
@@ -30,7 +36,9 @@ class HostMemoryCuda(CudaBackend):
 
     name = "host-memory stand-in"
 
-    def __init__(self, events: list | None = None, compute_capability: tuple[int, int] = (8, 7)) -> None:
+    def __init__(
+        self, events: list | None = None, compute_capability: tuple[int, int] = (8, 7)
+    ) -> None:
         super().__init__(0)
         self.events = events if events is not None else []
         self.compute_capability = compute_capability
@@ -53,7 +61,9 @@ class HostMemoryCuda(CudaBackend):
     def alloc_host(self, shape: tuple[int, ...], dtype: Any) -> HostBuffer:
         array = np.zeros(shape, dtype=dtype)
         self.events.append(("alloc_host", tuple(shape), str(np.dtype(dtype))))
-        return HostBuffer(array=array, ptr=int(array.ctypes.data), nbytes=int(array.nbytes), handle=array)
+        return HostBuffer(
+            array=array, ptr=int(array.ctypes.data), nbytes=int(array.nbytes), handle=array
+        )
 
     def alloc_device(self, nbytes: int) -> DeviceBuffer:
         memory = (ctypes.c_ubyte * max(1, nbytes))()
@@ -232,7 +242,9 @@ def make_fake_cudart(log: list, device_count: int = 1) -> types.ModuleType:
         log.append((what, ptr))
         return (cudaError_t.cudaSuccess,)
 
-    def cudaMemcpyAsync(dst: int, src: int, nbytes: int, kind: int, stream: cudaStream_t) -> tuple:  # noqa: N802
+    def cudaMemcpyAsync(
+        dst: int, src: int, nbytes: int, kind: int, stream: cudaStream_t
+    ) -> tuple:  # noqa: N802
         if not isinstance(stream, cudaStream_t):
             return (cudaError_t.cudaErrorInvalidValue,)
         ctypes.memmove(int(dst), int(src), int(nbytes))
@@ -241,12 +253,19 @@ def make_fake_cudart(log: list, device_count: int = 1) -> types.ModuleType:
 
     ok = cudaError_t.cudaSuccess
     rt.cudaError_t, rt.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
-    rt.cudaGetDeviceCount = lambda: (ok, device_count) if device_count else (cudaError_t.cudaErrorNoDevice, 0)
-    rt.cudaSetDevice = lambda index: log.append(("set_device", index, threading.get_ident())) or (ok,)
+    rt.cudaGetDeviceCount = lambda: (
+        (ok, device_count) if device_count else (cudaError_t.cudaErrorNoDevice, 0)
+    )
+    rt.cudaSetDevice = lambda index: log.append(("set_device", index, threading.get_ident())) or (
+        ok,
+    )
     rt.cudaGetDeviceProperties = lambda index: (ok, Props())
     rt.cudaRuntimeGetVersion = lambda: (ok, 12060)
     rt.cudaDriverGetVersion = lambda: (ok, 12080)
-    rt.cudaGetErrorName = lambda err: (ok, {100: b"cudaErrorNoDevice", 1: b"cudaErrorInvalidValue"}[err])
+    rt.cudaGetErrorName = lambda err: (
+        ok,
+        {100: b"cudaErrorNoDevice", 1: b"cudaErrorInvalidValue"}[err],
+    )
     rt.cudaStreamCreate = lambda: (ok, cudaStream_t())
     rt.cudaStreamSynchronize = lambda stream: log.append(("synchronize", int(stream))) or (ok,)
     rt.cudaStreamDestroy = lambda stream: log.append(("destroy_stream", int(stream))) or (ok,)

@@ -88,7 +88,10 @@ class _EnumMember:
         return self.value
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _EnumMember) and (other._enum, other.value) == (self._enum, self.value)
+        return isinstance(other, _EnumMember) and (other._enum, other.value) == (
+            self._enum,
+            self.value,
+        )
 
     def __hash__(self) -> int:
         return hash((self._enum, self.value))
@@ -113,7 +116,9 @@ class _HostMemory(bytes):
 
     def __getattribute__(self, name: str) -> Any:
         if not name.startswith("_") and name not in type(self)._surface:
-            raise AttributeError(f"stand-in TensorRT {type(self)._version}: 'IHostMemory' has no attribute '{name}'")
+            raise AttributeError(
+                f"stand-in TensorRT {type(self)._version}: 'IHostMemory' has no attribute '{name}'"
+            )
         return bytes.__getattribute__(self, name)
 
     @property
@@ -233,27 +238,46 @@ class _Parser(_Strict):
         for index, node in enumerate(graph.node):
             if not onnx.defs.has(node.op_type, node.domain):
                 self._errors.append(
-                    _wrap(mod, "ParserError", codes.UNSUPPORTED_NODE, f"No importer registered for op: {node.op_type}",
-                          index, node.name, node.op_type)
-                )  # fmt: skip
+                    _wrap(
+                        mod,
+                        "ParserError",
+                        codes.UNSUPPORTED_NODE,
+                        f"No importer registered for op: {node.op_type}",
+                        index,
+                        node.name,
+                        node.op_type,
+                    )
+                )
             uses_uint8 = any(name in uint8_tensors for name in node.input)
             casts_to_float = node.op_type == "Cast" and any(
-                a.name == "to" and a.i in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) for a in node.attribute
+                a.name == "to" and a.i in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+                for a in node.attribute
             )
             if uses_uint8 and not casts_to_float:
                 self._errors.append(
-                    _wrap(mod, "ParserError", codes.INVALID_NODE, "UINT8 input may only be consumed by a Cast",
-                          index, node.name, node.op_type)
-                )  # fmt: skip
+                    _wrap(
+                        mod,
+                        "ParserError",
+                        codes.INVALID_NODE,
+                        "UINT8 input may only be consumed by a Cast",
+                        index,
+                        node.name,
+                        node.op_type,
+                    )
+                )
         if self._errors:
             return False
         network = self._network
         for value in graph.input:
             if value.name in initialisers:
                 continue
-            network._inputs.append(_wrap(mod, "ITensor", value.name, _shape(value), _dtype(mod, value)))
+            network._inputs.append(
+                _wrap(mod, "ITensor", value.name, _shape(value), _dtype(mod, value))
+            )
         for value in graph.output:
-            network._outputs.append(_wrap(mod, "ITensor", value.name, _shape(value), _dtype(mod, value)))
+            network._outputs.append(
+                _wrap(mod, "ITensor", value.name, _shape(value), _dtype(mod, value))
+            )
         network._onnx_bytes = bytes(model)
         return True
 
@@ -281,7 +305,9 @@ class _Profile(_Strict):
     def __init__(self) -> None:
         self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
-    def set_shape(self, name: str, min: tuple, opt: tuple, max: tuple) -> None:  # noqa: A002 - TRT's names
+    def set_shape(
+        self, name: str, min: tuple, opt: tuple, max: tuple
+    ) -> None:  # noqa: A002 - TRT's names
         self._shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
     def get_shape(self, name: str) -> list[tuple[int, ...]]:
@@ -309,7 +335,9 @@ class _Config(_Strict):
     def _check_flag(self, flag: Any) -> str:
         enum = self._module.BuilderFlag
         if not isinstance(flag, _EnumMember) or getattr(enum, flag.name, None) != flag:
-            raise TypeError(f"stand-in TensorRT {self._version}: set_flag takes a BuilderFlag member, got {flag!r}")
+            raise TypeError(
+                f"stand-in TensorRT {self._version}: set_flag takes a BuilderFlag member, got {flag!r}"
+            )
         return flag.name
 
     def set_flag(self, flag: Any) -> None:
@@ -358,7 +386,9 @@ class _Config(_Strict):
     def hardware_compatibility_level(self, value: Any) -> None:
         levels = self._module.HardwareCompatibilityLevel
         if getattr(levels, getattr(value, "name", ""), None) != value:
-            raise TypeError(f"hardware_compatibility_level takes a HardwareCompatibilityLevel member, got {value!r}")
+            raise TypeError(
+                f"hardware_compatibility_level takes a HardwareCompatibilityLevel member, got {value!r}"
+            )
         self._module._state.calls.append(("hardware_compatibility_level", value.name))
         self._hardware_level = value
 
@@ -377,7 +407,11 @@ class _Config(_Strict):
 
     def add_optimization_profile(self, profile: Any) -> int:
         for low, opt, high in profile._shapes.values():
-            if len(low) != len(high) or not all(a <= b <= c for a, b, c in zip(low, opt, high)) or min(low) < 1:
+            if (
+                len(low) != len(high)
+                or not all(a <= b <= c for a, b, c in zip(low, opt, high))
+                or min(low) < 1
+            ):
                 return -1
         self._profiles.append(profile)
         return len(self._profiles) - 1
@@ -395,7 +429,9 @@ class _Builder(_Strict):
         names = {name for name, value in members.items() if flags & (1 << value)}
         unknown = flags & ~sum(1 << v for v in members.values())
         if unknown:
-            raise ValueError(f"stand-in TensorRT {self._version}: unknown network creation flag bits {unknown:#x}")
+            raise ValueError(
+                f"stand-in TensorRT {self._version}: unknown network creation flag bits {unknown:#x}"
+            )
         mod._state.calls.append(("create_network", flags, sorted(names)))
         return _wrap(mod, "INetworkDefinition", names)
 
@@ -421,7 +457,9 @@ class _Builder(_Strict):
         elif weak:
             problem = f"stand-in: precision flags {sorted(weak)} are not allowed with strong typing"
         elif not config._profiles and any(-1 in t.shape for t in network._inputs):
-            problem = "Network has dynamic or shape inputs, but no optimization profile has been defined."
+            problem = (
+                "Network has dynamic or shape inputs, but no optimization profile has been defined."
+            )
         if problem:
             self._logger.log(mod.ILogger.Severity.ERROR, problem)
             return None
@@ -435,7 +473,9 @@ class _Builder(_Strict):
             "flags": sorted(config._flags),
             "io": [[t.name, "INPUT", t.dtype.name, list(t.shape)] for t in network._inputs]
             + [[t.name, "OUTPUT", t.dtype.name, list(t.shape)] for t in network._outputs],
-            "profile": {name: [list(s) for s in shapes] for name, shapes in profile._shapes.items()},
+            "profile": {
+                name: [list(s) for s in shapes] for name, shapes in profile._shapes.items()
+            },
             "onnx": base64.b64encode(network._onnx_bytes).decode(),
         }
         return _wrap_bytes(mod, json.dumps(plan).encode())
@@ -527,23 +567,34 @@ class _Context(_Strict):
     def execute_async_v3(self, stream_handle: int) -> bool:
         state = self._module._state
         if not isinstance(stream_handle, int):
-            raise TypeError(f"execute_async_v3 takes the stream's integer handle, got {stream_handle!r}")
+            raise TypeError(
+                f"execute_async_v3 takes the stream's integer handle, got {stream_handle!r}"
+            )
         state.calls.append(("execute_async_v3", stream_handle, dict(self._shapes)))
-        if state.fail_execute or self.infer_shapes() or set(self._addresses) != set(self._engine._names):
+        if (
+            state.fail_execute
+            or self.infer_shapes()
+            or set(self._addresses) != set(self._engine._names)
+        ):
             return False
         import onnxruntime as ort
 
         if self._session is None:
             onnx_bytes = base64.b64decode(self._engine._plan["onnx"])
             self._session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-        feeds = {name: _read(self._addresses[name], self._shapes[name], self._dtype(name)) for name in self._inputs()}
+        feeds = {
+            name: _read(self._addresses[name], self._shapes[name], self._dtype(name))
+            for name in self._inputs()
+        }
         outputs = [n for n in self._engine._names if n not in feeds]
         for name, value in zip(outputs, self._session.run(outputs, feeds)):
             _write(self._addresses[name], np.ascontiguousarray(value, dtype=self._dtype(name)))
         return True
 
     def _dtype(self, name: str) -> np.dtype:
-        return np.dtype(self._module.nptype(getattr(self._module.DataType, self._engine._io[name][1])))
+        return np.dtype(
+            self._module.nptype(getattr(self._module.DataType, self._engine._io[name][1]))
+        )
 
 
 def _read(address: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -578,13 +629,19 @@ class _Runtime(_Strict):
             if plan.get("marker") != PLAN_MARKER:
                 raise ValueError("not a plan")
         except (ValueError, UnicodeDecodeError):
-            self._logger.log(error, "Serialization assertion stdVersionRead == kSERIALIZATION_VERSION failed.")
+            self._logger.log(
+                error, "Serialization assertion stdVersionRead == kSERIALIZATION_VERSION failed."
+            )
             return None
         mod._state.calls.append(("deserialize_cuda_engine", len(bytes(data))))
         built, running = plan["version"], mod.__version__
         if built != running:
             b_major, r_major = int(built.split(".")[0]), int(running.split(".")[0])
-            allowed = plan["version_compatible"] and self._host_code and (b_major, r_major) in ((10, 10), (10, 11), (11, 11))
+            allowed = (
+                plan["version_compatible"]
+                and self._host_code
+                and (b_major, r_major) in ((10, 10), (10, 11), (11, 11))
+            )
             if not allowed:
                 self._logger.log(
                     error,
@@ -649,12 +706,24 @@ def _wrap_bytes(mod: types.ModuleType, data: bytes) -> Any:
 
 
 def _nptype(mod: types.ModuleType) -> Any:
-    table = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
-             "BOOL": np.bool_, "UINT8": np.uint8}  # fmt: skip
+    table = {
+        "FLOAT": np.float32,
+        "HALF": np.float16,
+        "INT8": np.int8,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "BOOL": np.bool_,
+        "UINT8": np.uint8,
+    }
 
     def nptype(dtype: Any) -> type:
-        if getattr(mod.DataType, getattr(dtype, "name", ""), None) != dtype or dtype.name not in table:
-            raise TypeError(f"Could not resolve TensorRT datatype to an equivalent numpy datatype: {dtype!r}")
+        if (
+            getattr(mod.DataType, getattr(dtype, "name", ""), None) != dtype
+            or dtype.name not in table
+        ):
+            raise TypeError(
+                f"Could not resolve TensorRT datatype to an equivalent numpy datatype: {dtype!r}"
+            )
         return table[dtype.name]
 
     return nptype
@@ -662,7 +731,9 @@ def _nptype(mod: types.ModuleType) -> Any:
 
 def make_tensorrt(version: str) -> types.ModuleType:
     """A fresh stand-in ``tensorrt`` module for ``version`` (``"10.3"`` or ``"11.1"``)."""
-    mod = types.ModuleType("tensorrt", f"Stand-in TensorRT {version} (test double; proves the API surface only)")
+    mod = types.ModuleType(
+        "tensorrt", f"Stand-in TensorRT {version} (test double; proves the API surface only)"
+    )
     mod._state = StandinState(version)
     members = trt_surfaces.MEMBERS[version]
     enums = {name: _make_enum(name, values) for name, values in trt_surfaces.ENUMS[version].items()}
@@ -674,10 +745,17 @@ def make_tensorrt(version: str) -> types.ModuleType:
         values[cls_name] = type(
             cls_name,
             (implementation,),
-            {"_surface": frozenset(members[cls_name]), "_version": version, "_cls_name": cls_name, "_module": mod},
+            {
+                "_surface": frozenset(members[cls_name]),
+                "_version": version,
+                "_cls_name": cls_name,
+                "_module": mod,
+            },
         )
     values["IHostMemory"] = type(
-        "IHostMemory", (_HostMemory,), {"_surface": frozenset(members["IHostMemory"]), "_version": version}
+        "IHostMemory",
+        (_HostMemory,),
+        {"_surface": frozenset(members["IHostMemory"]), "_version": version},
     )
     values["ILogger"] = type("ILogger", (_ILogger,), {"Severity": severity})
     logger_cls = type("Logger", (_Logger, values["ILogger"]), {})
@@ -686,17 +764,28 @@ def make_tensorrt(version: str) -> types.ModuleType:
     values["Logger"] = logger_cls
     values["nptype"] = _nptype(mod)
     values["volume"] = lambda shape: int(np.prod(tuple(shape)))
-    values["get_nv_onnx_parser_version"] = lambda: int(trt_surfaces.VERSIONS[version].split(".")[0]) * 1000
+    values["get_nv_onnx_parser_version"] = (
+        lambda: int(trt_surfaces.VERSIONS[version].split(".")[0]) * 1000
+    )
     data_type = enums["DataType"]
-    for alias, member in (("float32", "FLOAT"), ("float16", "HALF"), ("int8", "INT8"), ("int32", "INT32"),
-                          ("int64", "INT64"), ("bool", "BOOL"), ("uint8", "UINT8")):  # fmt: skip
+    for alias, member in (
+        ("float32", "FLOAT"),
+        ("float16", "HALF"),
+        ("int8", "INT8"),
+        ("int32", "INT32"),
+        ("int64", "INT64"),
+        ("bool", "BOOL"),
+        ("uint8", "UINT8"),
+    ):
         values[alias] = getattr(data_type, member)
     for name in allowed_module:
         if name not in values:
             values[name] = type(name, (), {"__doc__": f"stand-in {version}: present, not modelled"})
     extra = set(values) - allowed_module
     if extra:
-        raise AssertionError(f"stand-in {version} would expose names outside its surface: {sorted(extra)}")
+        raise AssertionError(
+            f"stand-in {version} would expose names outside its surface: {sorted(extra)}"
+        )
     for name, value in values.items():
         setattr(mod, name, value)
     return mod

@@ -8,8 +8,9 @@ as ``IHostMemory.nbytes``) are listed: a name missing here is one the code must 
 Enum values are numbered as each version numbers them where the source gives the number:
 ``NetworkDefinitionCreationFlag`` (10.3: EXPLICIT_BATCH 0, STRONGLY_TYPED 1; 11.x:
 STRONGLY_TYPED 0, PREFER_JIT_PYTHON_PLUGINS 1, PREFER_AOT_PYTHON_PLUGINS 2) and ``BuilderFlag``
-(10.x header; 11.x with VERSION_COMPATIBLE 12 as TENSORRT.md states, the other 11.x values from a
-public mirror of the 11-era header). Values of the enums the code never compares numerically are
+(10.x header; 11.x with VERSION_COMPATIBLE 12 as TENSORRT.md states, the other 11.x values as a
+public Rust mirror of a post-10.x header, trtx-sys, numbers them: UNCONFIRMED against the 11.1
+bindings, and only TF32 and VERSION_COMPATIBLE matter to the code). Values of the enums the code never compares numerically are
 the stand-in's own. The point: any code that hard-codes an integer fails on one of the two.
 """
 
@@ -59,7 +60,13 @@ ENUMS = {
         "ErrorCode": _ERROR_CODES,
         "OnnxParserFlag": {"NATIVE_INSTANCENORM": 0},
         "DeviceType": {"GPU": 0, "DLA": 1},
-        "TacticSource": {"CUBLAS": 0, "CUBLAS_LT": 1, "CUDNN": 2, "EDGE_MASK_CONVOLUTIONS": 3, "JIT_CONVOLUTIONS": 4},
+        "TacticSource": {
+            "CUBLAS": 0,
+            "CUBLAS_LT": 1,
+            "CUDNN": 2,
+            "EDGE_MASK_CONVOLUTIONS": 3,
+            "JIT_CONVOLUTIONS": 4,
+        },
         "QuantizationFlag": {"CALIBRATE_BEFORE_FUSION": 0},
         "Severity": _SEVERITY,
     },
@@ -84,7 +91,11 @@ ENUMS = {
         },
         "DeviceType": {"GPU": 0, "DLA": 1},
         "TacticSource": {"EDGE_MASK_CONVOLUTIONS": 3, "JIT_CONVOLUTIONS": 4},
-        "ExecutionContextAllocationStrategy": {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2},
+        "ExecutionContextAllocationStrategy": {
+            "STATIC": 0,
+            "ON_PROFILE_CHANGE": 1,
+            "USER_MANAGED": 2,
+        },
         "Severity": _SEVERITY,
     },
 }
@@ -101,7 +112,9 @@ MODULE = {
     "10.3": _MODULE_COMMON
     | {"IInt8EntropyCalibrator2", "IAlgorithmSelector", "IStreamReader"}
     | {name for name in ENUMS["10.3"] if name != "Severity"},
-    "11.1": _MODULE_COMMON | {"IStreamReaderV2"} | {name for name in ENUMS["11.1"] if name != "Severity"},
+    "11.1": _MODULE_COMMON
+    | {"IStreamReaderV2"}
+    | {name for name in ENUMS["11.1"] if name != "Severity"},
 }
 
 # -- class members ----------------------------------------------------------------------------
