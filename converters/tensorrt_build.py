@@ -353,7 +353,8 @@ def _build_plan(
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, trt_logger)
 
-    # Parse: report every error with its node name and operator.
+    # Parse: report every error with its node name and operator. 10.x and 11.x differ:
+    # supports_model and parse_with_weight_descriptors are gone in 11.x; parse_from_file is in both.
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ModelError(
@@ -380,6 +381,8 @@ def _build_plan(
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
     if options.clear_tf32:
+        # TF32 stays a builder flag in 11.x (same name and value); the precision flags (FP16,
+        # INT8, ...) and int8_calibrator are gone in 11.x and never used here.
         config.clear_flag(trt.BuilderFlag.TF32)
     _configure_compatibility(trt, config, options, platform)
     cache = _load_timing_cache(config, options.timing_cache)

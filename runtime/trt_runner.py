@@ -256,6 +256,7 @@ class TrtRunner(Runner):
             # A version-compatible plan embeds its lean runtime, which is host code.
             runtime.engine_host_code_allowed = True
         with backend.current():
+            # 10.x and 11.x differ: 11.x dropped the IStreamReader overload; bytes work in both.
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             command = rebuild_command(path, check.manifest, onnx)
@@ -302,6 +303,8 @@ class TrtRunner(Runner):
         """Create the context and stream; allocate buffers once at the profile's largest shape."""
         cuda, engine = self._cuda, self._engine
         with cuda.current():
+            # 10.x and 11.x differ: create_execution_context_without_device_memory and
+            # device_memory_size are gone in 11.x; the plain call exists in both.
             self._context = engine.create_execution_context()
             if self._context is None:
                 raise ModelError(
@@ -342,6 +345,7 @@ class TrtRunner(Runner):
                 f"{self.path}: TensorRT refused batch {batch} (profile "
                 f"{self.min_batch}..{self.max_batch}): {self._trt_logger.summary()}"
             )
+        # 10.x and 11.x differ: all_shape_inputs_specified is gone in 11.x; infer_shapes is in both.
         missing = self._context.infer_shapes()
         if missing:
             raise ModelError(
