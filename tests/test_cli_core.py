@@ -65,10 +65,16 @@ def test_results_csv_documents_the_issue_columns() -> None:
 
 
 def test_train_in_process(tmp_path: Path) -> None:
-    data = make_synthetic_category(tmp_path / "data", n_train=8, n_test_good=0, n_test_defect=0, size=64)
+    data = make_synthetic_category(
+        tmp_path / "data", n_train=8, n_test_good=0, n_test_defect=0, size=64
+    )
+    broken = data / "train" / "good" / "broken.png"
+    broken.write_bytes(b"")  # reported and skipped, never trained on
     run_dir = tmp_path / "run"
-    args = ["train", data, "--out", run_dir, "--epochs", "1", "--image-size", "64", "--batch-size", "8",
-            "--val-fraction", "0.25", "--seed", "3", "--no-attention"]
+    args = [
+        "train", data, "--out", run_dir, "--epochs", "1", "--image-size", "64",
+        "--batch-size", "8", "--val-fraction", "0.25", "--seed", "3", "--no-attention",
+    ]
     result = _invoke(*args)
     assert result.exit_code == 0, result.output
     assert f"checkpoint: {run_dir / 'model.pt'}" in result.output
@@ -76,9 +82,12 @@ def test_train_in_process(tmp_path: Path) -> None:
     net, metadata = load_checkpoint(run_dir / "model.pt")
     assert metadata.image_size == 64 and metadata.model.attention is False
     assert metadata.training["epochs"] == 1 and metadata.training["seed"] == 3
-    assert len(metadata.training["heldout_files"]) == 2 and len(metadata.training["train_files"]) == 6
+    used = metadata.training["heldout_files"] + metadata.training["train_files"]
+    assert len(used) == 8 and str(broken) not in used
+    assert len(metadata.training["skipped"]) == 1 and str(broken) in metadata.training["skipped"][0]
     assert np.isfinite(metadata.threshold) and "max-false-reject" in metadata.threshold_rule
-    assert metadata.normalisation.n_images == 2 and metadata.normalisation.inconsistency_scale > 0
+    assert metadata.normalisation.n_images == len(metadata.training["heldout_files"])
+    assert metadata.normalisation.inconsistency_scale > 0
     assert (run_dir / "last.pt").is_file()
 
 
@@ -91,7 +100,9 @@ def test_export_in_process(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert read_metadata(model, str(out)).image_size == 64
 
 
-def test_run_in_process_with_maps(tiny_onnx: Path, synthetic_category: Path, tmp_path: Path) -> None:
+def test_run_in_process_with_maps(
+    tiny_onnx: Path, synthetic_category: Path, tmp_path: Path
+) -> None:
     test_root = synthetic_category / "test"
     files = sorted(p for p in test_root.rglob("*.png"))
     out = tmp_path / "out"
@@ -126,7 +137,9 @@ def test_run_threshold_override_and_torch_backend(
     ort_rows = _read_results(tmp_path / "ort" / "results.csv")
     assert all(r["decision"] == "reject" for r in ort_rows)
 
-    result = _invoke("run", tiny_checkpoint, good, "--out", tmp_path / "torch", "--backend", "torch")
+    result = _invoke(
+        "run", tiny_checkpoint, good, "--out", tmp_path / "torch", "--backend", "torch"
+    )
     assert result.exit_code == 0, result.output
     torch_rows = _read_results(tmp_path / "torch" / "results.csv")
     ort_scores = np.array([float(r["image_score"]) for r in ort_rows])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def test_test_samples_match_the_manifest(shared_datasets: Path, name: str) -> No
 
     listed = {str(s.image.relative_to(root)): s for s in samples}
     assert sorted(listed) == sorted(expected)
-    assert collections.Counter(s.label for s in samples) == collections.Counter(r["label"] for r in expected.values())
+    counts = collections.Counter(s.label for s in samples)
+    assert counts == collections.Counter(r["label"] for r in expected.values())
     for relative, sample in listed.items():
         row = expected[relative]
         assert sample.image.is_file()
@@ -53,12 +55,20 @@ def test_test_samples_match_the_manifest(shared_datasets: Path, name: str) -> No
 
     train_rows = [r for r in rows if r["split"] == "train"]
     train_files = list_images(resolve_train_folder(root))
-    assert sorted(str(p.relative_to(root)) for p in train_files) == sorted(r["image"] for r in train_rows)
+    listed_train = sorted(str(p.relative_to(root)) for p in train_files)
+    assert listed_train == sorted(r["image"] for r in train_rows)
 
 
 def test_tiny_pipeline_on_bottle(shared_datasets: Path, tmp_path: Path) -> None:
     root = _dataset(shared_datasets, "mvtec_bottle")
-    options = TrainOptions(epochs=1, image_size=64, batch_size=8, max_train_images=16, progress=False)
+    options = TrainOptions(
+        epochs=1,
+        image_size=64,
+        batch_size=8,
+        max_train_images=16,
+        val_fraction=0.05,
+        progress=False,
+    )
     result = train(root, tmp_path / "run", options)
     assert len(result.metadata.training["train_files"]) == 16
 
@@ -73,7 +83,14 @@ def test_tiny_pipeline_on_bottle(shared_datasets: Path, tmp_path: Path) -> None:
                 "recall_at_threshold", "fpr_at_threshold"):
         value = metrics[key]
         assert value is None or 0.0 <= value <= 1.0, (key, value)
-    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "recall_at_threshold", "fpr_at_threshold"):
+    defined = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+    for key in defined + ("recall_at_threshold", "fpr_at_threshold"):
         assert metrics[key] is not None, key
     assert metrics["metadata"]["model"]["image_size"] == 64
-    assert (tmp_path / "metrics.json").is_file()
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    required = {
+        "image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "precision_at_threshold",
+        "recall_at_threshold", "fpr_at_threshold", "n_images", "n_skipped", "metadata",
+    }
+    assert required <= set(written)
+    assert {k: written[k] for k in required} == {k: metrics[k] for k in required}

@@ -52,7 +52,8 @@ def test_one_self_contained_file(tiny_onnx: Path) -> None:
     siblings = sorted(p.name for p in tiny_onnx.parent.iterdir())
     assert siblings == [tiny_onnx.name], f"side files next to the ONNX file: {siblings}"
     model = onnx.load(str(tiny_onnx), load_external_data=False)
-    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    initializers = model.graph.initializer
+    external = [t.name for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL]
     assert external == []
     assert len(model.graph.initializer) > 0
 
@@ -97,8 +98,12 @@ def test_reconstruction_weight_keeps_the_decoder(tiny_checkpoint: Path, tmp_path
     assert not any("decoder" in branch for branch in report["omitted_branches"])
 
 
-def test_onnx_runtime_matches_pytorch(tiny_onnx: Path, tiny_checkpoint: Path, synthetic_category: Path) -> None:
-    with load_runner(tiny_onnx, "ort") as ort_runner, load_runner(tiny_checkpoint, "torch") as torch_runner:
+def test_onnx_runtime_matches_pytorch(
+    tiny_onnx: Path, tiny_checkpoint: Path, synthetic_category: Path
+) -> None:
+    ort_runner = load_runner(tiny_onnx, "ort")
+    torch_runner = load_runner(tiny_checkpoint, "torch")
+    with ort_runner, torch_runner:
         images = _test_images(synthetic_category, ort_runner.image_size)
         ort_out = ort_runner.infer(images)
         torch_out = torch_runner.infer(images)
@@ -113,7 +118,9 @@ def test_onnx_runtime_matches_pytorch(tiny_onnx: Path, tiny_checkpoint: Path, sy
     assert ort_decisions == torch_decisions
 
 
-def test_score_alone_equals_score_inside_a_mixed_batch(tiny_onnx: Path, synthetic_category: Path) -> None:
+def test_score_alone_equals_score_inside_a_mixed_batch(
+    tiny_onnx: Path, synthetic_category: Path
+) -> None:
     samples = list_test_samples(synthetic_category)
     labels = {s.label for s in samples[:8]} | {s.label for s in samples[-8:]}
     assert len(labels) > 1

@@ -16,7 +16,8 @@ import pytest
 @pytest.fixture(autouse=True)
 def _fmabs_logs_reach_caplog() -> Iterator[None]:
     package_logger = logging.getLogger("fmabs_edge")
-    propagate, handlers, level = package_logger.propagate, list(package_logger.handlers), package_logger.level
+    propagate, level = package_logger.propagate, package_logger.level
+    handlers = list(package_logger.handlers)
     package_logger.propagate = True
     package_logger.handlers[:] = []
     package_logger.setLevel(logging.NOTSET)

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from onnx import TensorProto, helper
 from PIL import Image
 
-from fmabs_edge.artefacts import write_metadata
+from fmabs_edge.artefacts import atomic_output, write_metadata
 from fmabs_edge.checkpoint import read_checkpoint
 from fmabs_edge.cli import main
 from fmabs_edge.metadata import ModelConfig, ModelMetadata
@@ -187,7 +187,7 @@ def test_state_dict_that_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 
 def _off_contract_onnx(path: Path) -> Path:
-    """A graph with fmabs metadata but the I/O of a plain classifier: float NCHW in, 'output' out."""
+    """A graph with fmabs metadata but a classifier's I/O: float NCHW in, 'output' out."""
     graph = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["output"])],
         "classifier",
@@ -201,11 +201,14 @@ def _off_contract_onnx(path: Path) -> Path:
     return path
 
 
-def test_onnx_off_the_contract(tmp_path: Path, out_with_results: Path, synthetic_category: Path) -> None:
+def test_onnx_off_the_contract(
+    tmp_path: Path, out_with_results: Path, synthetic_category: Path
+) -> None:
     model = _off_contract_onnx(tmp_path / "classifier.onnx")
     result = _invoke("run", model, synthetic_category / "test" / "good", "--out", out_with_results)
     _assert_usage_error(result, model)
-    assert "contract" in result.stderr and "'images'" in result.stderr and "anomaly_map" in result.stderr
+    for phrase in ("contract", "'images'", "anomaly_map"):
+        assert phrase in result.stderr, phrase
     assert "fmabs-edge export" in result.stderr
     assert _folder_listing(out_with_results) == {"results.csv": SENTINEL.encode()}
 
@@ -217,12 +220,16 @@ def test_onnx_off_the_contract(tmp_path: Path, out_with_results: Path, synthetic
 
 
 @pytest.mark.parametrize("command", ["run", "eval", "train", "threshold"])
-def test_batch_size_zero(command: str, tiny_onnx: Path, synthetic_category: Path, tmp_path: Path) -> None:
+def test_batch_size_zero(
+    command: str, tiny_onnx: Path, synthetic_category: Path, tmp_path: Path
+) -> None:
     args = {
         "run": ["run", tiny_onnx, synthetic_category, "--out", tmp_path / "out"],
         "eval": ["eval", tiny_onnx, synthetic_category],
         "train": ["train", synthetic_category, "--out", tmp_path / "run"],
-        "threshold": ["threshold", tiny_onnx, "--good", synthetic_category, "--max-false-reject", "1%"],
+        "threshold": [
+            "threshold", tiny_onnx, "--good", synthetic_category, "--max-false-reject", "1%"
+        ],
     }[command]
     result = _invoke(*args, "--batch-size", "0")
     assert result.exit_code == 2, result.output
@@ -241,5 +248,20 @@ def test_image_size_not_divisible_by_16(synthetic_category: Path, tmp_path: Path
 
 
 def test_bad_threshold_rate(tiny_onnx: Path, synthetic_category: Path) -> None:
-    result = _invoke("threshold", tiny_onnx, "--good", synthetic_category, "--max-false-reject", "lots")
+    result = _invoke(
+        "threshold", tiny_onnx, "--good", synthetic_category, "--max-false-reject", "lots"
+    )
     _assert_usage_error(result, "lots")
+
+
+def test_atomic_output_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"good")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_output(target) as temp:
+            temp.write_bytes(b"half of a new fi")
+            raise OSError("disk full")
+    assert _folder_listing(tmp_path) == {"model.onnx": b"good"}
+    with atomic_output(target) as temp:
+        temp.write_bytes(b"new")
+    assert _folder_listing(tmp_path) == {"model.onnx": b"new"}

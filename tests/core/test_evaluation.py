@@ -63,7 +63,9 @@ def test_nan_scores_reject_in_results_csv(tmp_path: Path) -> None:
     _write(folder / "b_nan.png", _flat(77))
     _write(folder / "c_bright.png", _flat(250))
     # Brightness 77 scores NaN; a threshold of +inf would pass every finite score.
-    runner = ScriptedRunner(lambda f: math.nan if f[0, 0, 0] == 77 else float(f.mean()), threshold=math.inf)
+    runner = ScriptedRunner(
+        lambda f: math.nan if f[0, 0, 0] == 77 else float(f.mean()), threshold=math.inf
+    )
     summary = score_paths(runner, [folder], tmp_path / "out")
 
     assert (summary.n_scored, summary.n_skipped, summary.n_rejected) == (3, 0, 1)
@@ -85,10 +87,31 @@ def test_threshold_override_in_score_paths(tmp_path: Path) -> None:
     assert score_paths(runner, [folder], tmp_path / "override", threshold=200.0).n_rejected == 1
 
 
+def test_failure_mid_run_keeps_the_earlier_results(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    for value in (10, 20, 30):
+        _write(folder / f"{value:03d}.png", _flat(value))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").write_text("earlier results\n")
+
+    def explode_on_third(frame: np.ndarray) -> float:
+        if frame[0, 0, 0] == 30:
+            raise RuntimeError("backend failed")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="backend failed"):
+        score_paths(ScriptedRunner(explode_on_third), [folder], out, batch_size=1)
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv"]
+    assert (out / "results.csv").read_text() == "earlier results\n"
+
+
 @pytest.fixture(scope="module")
 def small_category(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("eval") / "category"
-    return make_synthetic_category(root, n_train=2, n_test_good=3, n_test_defect=3, size=SIZE, seed=1)
+    return make_synthetic_category(
+        root, n_train=2, n_test_good=3, n_test_defect=3, size=SIZE, seed=1
+    )
 
 
 def test_nan_scores_in_eval_are_an_error_listing_the_images(small_category: Path) -> None:
@@ -113,7 +136,9 @@ def test_eval_metrics_from_a_scripted_runner(small_category: Path) -> None:
         assert 0.0 <= metrics[key] <= 1.0, key
 
 
-def test_single_class_eval_reports_undefined(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_single_class_eval_reports_undefined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     category = tmp_path / "only_good"
     for index in range(3):
         _write(category / "test" / "good" / f"{index}.png", _flat(20 + index))
@@ -145,7 +170,8 @@ def test_corrupt_test_image_is_skipped_and_counted(tmp_path: Path) -> None:
     mask = np.zeros((40, 40), np.uint8)
     mask[5:15, 5:15] = 255
     for stem in ("0", "1"):
-        _write(category / "ground_truth" / "dent" / f"{stem}_mask.png", np.repeat(mask[..., None], 3, 2))
+        mask_path = category / "ground_truth" / "dent" / f"{stem}_mask.png"
+        _write(mask_path, np.repeat(mask[..., None], 3, 2))
     metrics = evaluate_runner(ScriptedRunner(lambda f: float(f.mean())), category)
     assert metrics["n_images"] == 3 and metrics["n_skipped"] == 1
     assert metrics["skipped"] == [str(category / "test" / "dent" / "1.png")]
@@ -159,5 +185,6 @@ def test_masks_are_resized_nearest_neighbour(tmp_path: Path) -> None:
     assert cv2.imwrite(str(path), mask)
     resized = load_mask(path, 64)
     assert resized.dtype == bool and resized.shape == (64, 64)
-    np.testing.assert_array_equal(resized, cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST) > 127)
+    nearest = cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST) > 127
+    np.testing.assert_array_equal(resized, nearest)
     assert resized[:, :32].all() and not resized[:, 32:].any()

@@ -29,7 +29,9 @@ def test_loss_terms_match_their_definitions(attention: bool) -> None:
     x = _batch()
     with torch.no_grad():
         outputs = net(x)
-        total, parts = fmabs_loss(outputs, x, weight_reconstruction=1.0, weight_mimic=0.5, weight_attention=0.3)
+        total, parts = fmabs_loss(
+            outputs, x, weight_reconstruction=1.0, weight_mimic=0.5, weight_attention=0.3
+        )
 
     expected_keys = {"rec", "fm", "total"} | ({"att"} if attention else set())
     assert set(parts) == expected_keys

@@ -23,7 +23,9 @@ def test_image_auroc_by_hand() -> None:
 
 
 @pytest.mark.parametrize("labels", [[0, 0, 0], [1, 1, 1]], ids=["all-good", "all-defect"])
-def test_single_class_auroc_is_undefined_with_a_warning(labels: list[int], caplog: pytest.LogCaptureFixture) -> None:
+def test_single_class_auroc_is_undefined_with_a_warning(
+    labels: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="fmabs_edge"):
         assert image_auroc(np.array(labels), np.array([0.1, 0.5, 0.9])) is None
         assert f1_max(np.array(labels), np.array([0.1, 0.5, 0.9])) is None

@@ -32,7 +32,8 @@ def _batch(n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _expected_stage_shapes(backbone: str, n: int) -> list[tuple[int, ...]]:
-    return [(n, c, SIZE // s, SIZE // s) for c, s in zip(BACKBONES[backbone]["channels"], (4, 8, 16))]
+    channels = BACKBONES[backbone]["channels"]
+    return [(n, c, SIZE // s, SIZE // s) for c, s in zip(channels, (4, 8, 16))]
 
 
 @pytest.mark.parametrize("attention", [True, False], ids=["attention", "no-attention"])
@@ -46,7 +47,8 @@ def test_efficientnet_forward_shapes(attention: bool) -> None:
     assert [tuple(t.shape) for t in outputs["teacher"]] == expected
     assert [tuple(t.shape) for t in outputs["student"]] == expected
     assert [tuple(t.shape) for t in outputs["differences"]] == expected
-    for difference, teacher, student in zip(outputs["differences"], outputs["teacher"], outputs["student"]):
+    stages = zip(outputs["differences"], outputs["teacher"], outputs["student"])
+    for difference, teacher, student in stages:
         torch.testing.assert_close(difference, (teacher - student).abs())
     assert tuple(outputs["reconstruction"].shape) == (2, 3, SIZE, SIZE)
     if attention:
@@ -70,7 +72,8 @@ def test_resnet18_teacher_loads_weights_from_a_path(tmp_path: Path) -> None:
     net = FmabsNet(_config("resnet18"), teacher_weights=weights).eval()
     teacher_conv = net.teacher.stem[0].weight
     torch.testing.assert_close(teacher_conv, reference.conv1.weight)
-    assert not torch.equal(net.student.stem[0].weight, reference.conv1.weight), "the student must start random"
+    student_conv = net.student.stem[0].weight
+    assert not torch.equal(student_conv, reference.conv1.weight), "the student must start random"
     assert all(not p.requires_grad for p in net.teacher.parameters())
 
     with torch.no_grad():
@@ -91,9 +94,10 @@ def test_teacher_weights_of_another_architecture_name_the_file(tmp_path: Path) -
 
 
 def test_bundled_lite0_weights_are_checked_shape_by_shape(tmp_path: Path) -> None:
-    bundled = torch.load(default_teacher_weights("efficientnet_lite0"), map_location="cpu", weights_only=True)
+    bundled_path = default_teacher_weights("efficientnet_lite0")
+    bundled = torch.load(bundled_path, map_location="cpu", weights_only=True)
     assert len(bundled) == 296
-    net = FmabsNet(_config(), teacher_weights=default_teacher_weights("efficientnet_lite0"))
+    net = FmabsNet(_config(), teacher_weights=bundled_path)
     first_key = next(iter(bundled))
     torch.testing.assert_close(net.teacher.stem[0].weight, bundled[first_key])
 
@@ -137,9 +141,13 @@ def _uint8_images(n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("weight_reconstruction", "decoder_calls"), [(0.0, 0), (0.5, 1)], ids=["no-reconstruction", "reconstruction"]
+    ("weight_reconstruction", "decoder_calls"),
+    [(0.0, 0), (0.5, 1)],
+    ids=["no-reconstruction", "reconstruction"],
 )
-def test_decoder_runs_only_when_reconstruction_scores(weight_reconstruction: float, decoder_calls: int) -> None:
+def test_decoder_runs_only_when_reconstruction_scores(
+    weight_reconstruction: float, decoder_calls: int
+) -> None:
     deploy = _deploy(ScoringConfig(weight_reconstruction=weight_reconstruction))
     calls = []
     deploy.net.decoder.register_forward_hook(lambda *args: calls.append(1))

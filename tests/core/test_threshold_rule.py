@@ -52,7 +52,9 @@ def test_fit_refuses_nothing_or_non_finite() -> None:
         fit_threshold(np.array([0.1, np.nan, 0.3]), 0.01)
 
 
-@pytest.mark.parametrize(("text", "rate"), [("0.5%", 0.005), ("0.005", 0.005), ("2%", 0.02), (" 0 ", 0.0)])
+@pytest.mark.parametrize(
+    ("text", "rate"), [("0.5%", 0.005), ("0.005", 0.005), ("2%", 0.02), (" 0 ", 0.0)]
+)
 def test_parse_rate(text: str, rate: float) -> None:
     assert parse_rate(text) == pytest.approx(rate)
 
@@ -84,7 +86,8 @@ def test_threshold_command_rewrites_only_onnx_metadata(
     before = onnx.load(str(model))
     good = synthetic_category / "test" / "good"
 
-    result = CliRunner().invoke(main, ["threshold", str(model), "--good", str(good), "--max-false-reject", "0.5%"])
+    args = ["threshold", str(model), "--good", str(good), "--max-false-reject", "0.5%"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 
     after = onnx.load(str(model))
@@ -105,7 +108,10 @@ def test_threshold_command_rewrites_only_checkpoint_metadata(
     before = read_checkpoint(model)
     good = synthetic_category / "test" / "good"
 
-    args = ["threshold", str(model), "--good", str(good), "--max-false-reject", "0.005", "--batch-size", "3"]
+    args = [
+        "threshold", str(model), "--good", str(good), "--max-false-reject", "0.005",
+        "--batch-size", "3",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
 
@@ -114,6 +120,8 @@ def test_threshold_command_rewrites_only_checkpoint_metadata(
     for key, tensor in before["state_dict"].items():
         assert torch.equal(after["state_dict"][key], tensor), key
     assert after["metadata"]["threshold"] != before["metadata"]["threshold"]
-    assert after["metadata"]["threshold"] == pytest.approx(_expected_threshold(model, good), rel=1e-6)
-    unchanged = {k: v for k, v in before["metadata"].items() if k not in ("threshold", "threshold_rule")}
+    expected = _expected_threshold(model, good)
+    assert after["metadata"]["threshold"] == pytest.approx(expected, rel=1e-6)
+    operating_point = ("threshold", "threshold_rule")
+    unchanged = {k: v for k, v in before["metadata"].items() if k not in operating_point}
     assert {k: after["metadata"][k] for k in unchanged} == unchanged

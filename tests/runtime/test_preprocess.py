@@ -63,7 +63,8 @@ def test_palette_png_goes_through_its_palette(tmp_path: Path) -> None:
 
 
 def test_rgba_png_drops_alpha_without_compositing(tmp_path: Path) -> None:
-    rgba = np.concatenate([_noise(8, 8), np.zeros((8, 8, 1), np.uint8)], axis=2)  # fully transparent
+    transparent = np.zeros((8, 8, 1), np.uint8)
+    rgba = np.concatenate([_noise(8, 8), transparent], axis=2)
     path = tmp_path / "rgba.png"
     Image.fromarray(rgba, mode="RGBA").save(path)
     decoded = load_image(path)
@@ -102,7 +103,8 @@ def test_truncated_jpeg_is_corrupt_even_where_the_decoder_fills_it(
     # bytes instead of failing; the check must not rely on the decoder refusing them.
     import fmabs_edge.runtime.preprocess as preprocess
 
-    monkeypatch.setattr(preprocess.cv2, "imdecode", lambda *args: np.full((256, 256, 3), 128, np.uint8))
+    grey = np.full((256, 256, 3), 128, np.uint8)
+    monkeypatch.setattr(preprocess.cv2, "imdecode", lambda *args: grey)
     with pytest.raises(CorruptImageError, match="truncated JPEG"):
         load_image(path)
 
@@ -140,7 +142,8 @@ def test_unreadable_path_is_corrupt(tmp_path: Path) -> None:
 
 def test_resize_rule_area_when_shrinking_linear_when_enlarging() -> None:
     big = _noise(100, 80)
-    np.testing.assert_array_equal(resize_to_model(big, 64), cv2.resize(big, (64, 64), interpolation=cv2.INTER_AREA))
+    area = cv2.resize(big, (64, 64), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(resize_to_model(big, 64), area)
     small = _noise(20, 30)
     np.testing.assert_array_equal(
         resize_to_model(small, 64), cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR)

@@ -28,7 +28,7 @@ def brightness_onnx(
     map_dims: tuple[int | str, ...] = ("N", 1, SIZE, SIZE),
     with_metadata: bool = True,
 ) -> Path:
-    """Write a contract-shaped graph: map = channel mean ``(N, 1, S, S)``, score = its max ``(N,)``."""
+    """Write a contract-shaped graph: map = channel mean ``(N, 1, S, S)``, score = its max."""
     nodes = [
         helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["as_float"], ["nchw"], perm=[0, 3, 1, 2]),
@@ -72,7 +72,8 @@ def test_ort_runner_outputs_known_values(brightness: Path) -> None:
         description = runner.describe()
     expected_map = frames.astype(np.float32).mean(axis=3)[:, None]
     np.testing.assert_allclose(result.anomaly_map, expected_map, rtol=1e-6)
-    np.testing.assert_allclose(result.image_score, expected_map.reshape(3, -1).max(axis=1), rtol=1e-6)
+    expected_score = expected_map.reshape(3, -1).max(axis=1)
+    np.testing.assert_allclose(result.image_score, expected_score, rtol=1e-6)
     assert result.image_score.dtype == np.float32 and result.image_score.shape == (3,)
     assert description["backend"] == "ort" and description["input_hw"] == [SIZE, SIZE]
 
@@ -129,7 +130,8 @@ def test_load_runner_errors_name_the_file(tmp_path: Path, brightness: Path) -> N
         load_runner(odd)
     with pytest.raises(UsageError, match="Unknown backend 'tflite'"):
         load_runner(brightness, backend="tflite")
-    assert [infer_backend(Path(p)) for p in ("a.onnx", "a.pt", "a.engine")] == ["ort", "torch", "trt"]
+    backends = [infer_backend(Path(p)) for p in ("a.onnx", "a.pt", "a.engine")]
+    assert backends == ["ort", "torch", "trt"]
 
 
 def test_not_an_onnx_file_is_a_model_error(tmp_path: Path) -> None:
@@ -156,7 +158,9 @@ def test_onnx_without_fmabs_metadata_is_refused(tmp_path: Path) -> None:
     ],
     ids=["input-name", "input-dtype", "map-shape", "map-rank"],
 )
-def test_onnx_breaking_the_contract_is_refused(tmp_path: Path, variant: dict, complaint: str) -> None:
+def test_onnx_breaking_the_contract_is_refused(
+    tmp_path: Path, variant: dict, complaint: str
+) -> None:
     path = brightness_onnx(tmp_path / "off_contract.onnx", **variant)
     with pytest.raises(ModelError) as caught:
         load_runner(path)
