@@ -192,3 +192,26 @@ def test_entry_point_run(tiny_onnx: Path, synthetic_category: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert "scored 6, skipped 0" in done.stdout
     assert len(_read_results(out / "results.csv")) == 6
+
+
+DEPLOY_ONLY = """
+import sys
+from click.testing import CliRunner
+from fmabs_edge.cli import main
+model, data, out = sys.argv[1:4]
+for args in (["run", model, data + "/test/good", "--out", out], ["eval", model, data]):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+print(sorted(m for m in ("torch", "timm") if m in sys.modules))
+"""
+
+
+def test_deploy_path_imports_neither_torch_nor_timm(
+    tiny_onnx: Path, synthetic_category: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DEPLOY_ONLY, str(tiny_onnx), str(synthetic_category), str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -113,13 +113,17 @@ def test_mixed_sizes_and_modes_are_all_scored(tmp_path: Path, tiny_onnx: Path) -
     sizes["deep.png"] = (200, 30)
 
     out = tmp_path / "out"
-    result = _invoke("run", tiny_onnx, folder, "--out", out, "--batch-size", "2")
+    result = _invoke("run", tiny_onnx, folder, "--out", out, "--batch-size", "2", "--save-maps")
     assert result.exit_code == 0, result.output
     assert "scored 5, skipped 0" in result.output
     with open(out / "results.csv", newline="") as handle:
         rows = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
     assert {name: (int(r["width"]), int(r["height"])) for name, r in rows.items()} == sizes
     assert all(np.isfinite(float(r["image_score"])) for r in rows.values())
+    # Each overlay shows the map resized back to its image's own size.
+    for name, (width, height) in sizes.items():
+        (overlay,) = (out / "maps").glob(f"*_{Path(name).stem}_overlay.png")
+        assert cv2.imread(str(overlay)).shape == (height, width, 3), name
 
 
 def test_corrupt_files_are_reported_skipped_and_counted(tmp_path: Path, tiny_onnx: Path) -> None:
