@@ -194,6 +194,7 @@ class CalibrationReader:
         self.batch_size = batch_size
         self.input_name = input_name
         self._next = 0
+        self._stop = len(calibration)
 
     def __len__(self) -> int:
         """Number of batches in one pass."""
@@ -202,10 +203,10 @@ class CalibrationReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next batch, or None at the end of the pass."""
         start = self._next
-        if start >= len(self.calibration):
+        if start >= self._stop:
             return None
         self._next = start + self.batch_size
-        return {self.input_name: self.calibration.images[start : start + self.batch_size]}
+        return {self.input_name: self.calibration.images[start : min(start + self.batch_size, self._stop)]}
 
     def __iter__(self):
         self.rewind()
@@ -213,8 +214,16 @@ class CalibrationReader:
             yield batch
 
     def rewind(self) -> None:
-        self._next = 0
+        """Start a new pass over every image."""
+        self._next, self._stop = 0, len(self.calibration)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        """Restrict to images [start, end) (ONNX Runtime's strided min-max calls this)."""
-        raise UsageError("Strided calibration is not supported; leave CalibStridedMinMax unset.")
+        """Restrict the pass to batches ``[start_index, end_index)``.
+
+        ONNX Runtime's strided calibration (``CalibStridedMinMax``) calls this and computes the
+        ranges of each stretch before the next, so only one stretch of outputs is held at a time.
+        """
+        if not 0 <= start_index <= end_index:
+            raise UsageError(f"Batch range [{start_index}, {end_index}) is not a valid range.")
+        self._next = start_index * self.batch_size
+        self._stop = min(end_index * self.batch_size, len(self.calibration))

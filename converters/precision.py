@@ -7,12 +7,13 @@ strongly typed network and runs in ONNX Runtime before any engine exists:
   :data:`~fmabs_edge.converters.islands.FP32_ISLANDS` and every node whose FP32 output on normal
   images comes within 8x of the FP16 limit stay FP32.
 - **INT8**: static QuantizeLinear/DequantizeLinear pairs from ONNX Runtime's quantiser in QDQ
-  format (symmetric INT8 activations and weights, Conv weights per channel on axis 0,
-  ConvTranspose weights per tensor, biases left float), calibrated on normal training images.
-  The FP32 islands and, by default, the anomaly signal
+  format, calibrated on normal training images; Conv weights per channel on axis 0, ConvTranspose
+  weights per tensor. The FP32 islands and, by default, the anomaly signal
   (:func:`~fmabs_edge.converters.islands.signal_nodes`) carry no Q/DQ and read un-quantised
-  inputs. Target ``trt`` keeps the non-quantised layers in FP16 with FP16 scales (opset 19);
-  target ``cpu`` keeps them FP32 (opset of the source).
+  inputs. Target ``trt``: symmetric INT8 activations, float biases, the non-quantised layers in
+  FP16 with FP16 scales (opset 19), as strongly typed TensorRT needs. Target ``cpu``: ONNX
+  Runtime's fast CPU form (asymmetric UINT8 activations, INT32 biases, 7-bit weights) with the
+  non-quantised layers in FP32.
 
 Why ONNX Runtime's quantiser: it ships with the ``onnxruntime`` base dependency, is maintained
 with the runtime that scores every variant, and exposes each setting TensorRT needs (QDQ format,
@@ -232,12 +233,13 @@ def _quiet_preprocess_hint() -> Iterator[None]:
 
 
 def _calibration_extra_options(method: str) -> dict[str, Any]:
-    if method == "minmax":
-        # Merge ranges every few batches instead of holding every intermediate output in memory.
-        return {"CalibMaxIntermediateOutputs": 4}
+    # One batch per calibration stretch: ranges (or histograms) are merged batch by batch, so the
+    # outputs of one batch are held at a time. (CalibMaxIntermediateOutputs is not used: in
+    # onnxruntime 1.32 it drops the collected outputs without computing their ranges.)
+    options: dict[str, Any] = {"CalibStridedMinMax": 1}
     if method == "percentile":
-        return {"CalibPercentile": CALIBRATION_PERCENTILE}
-    return {}
+        options["CalibPercentile"] = CALIBRATION_PERCENTILE
+    return options
 
 
 def _deconv_weight_overrides(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
@@ -258,12 +260,16 @@ def quantize_int8(
     batch_size: int = 8,
     cache: CalibrationCache | None = None,
     reduce_range: bool = False,
+    target: str = "trt",
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Static symmetric INT8 Q/DQ over ``model`` (FP32), leaving the ``exclude`` nodes unquantised.
+    """Static INT8 Q/DQ over ``model`` (FP32), leaving the ``exclude`` nodes unquantised.
 
-    ``reduce_range``: 7-bit weights (-64..63), which keeps ONNX Runtime's INT8 kernels free of
-    16-bit saturation on x86 CPUs without VNNI. Returns the quantised model and a record of the
-    calibration (method, cache hit or miss).
+    ``target="trt"``: what TensorRT needs (symmetric INT8 activations and weights, float biases,
+    activations kept explicit). ``target="cpu"``: what ONNX Runtime's CPU kernels run fastest
+    (asymmetric UINT8 activations, so ReLU6 folds into the range, and INT32 biases, so each
+    DQ-Conv-Q becomes one QLinearConv); symmetric INT8 weights either way. ``reduce_range``: 7-bit
+    weights (-64..63), which keeps ONNX Runtime's INT8 kernels free of 16-bit saturation on x86
+    CPUs without VNNI. Returns the quantised model and a record of the calibration.
     """
     from onnxruntime import __version__ as ort_version
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -274,13 +280,14 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
     }
     calibration_options = _calibration_extra_options(method)
+    for_trt = target == "trt"
     extra_options: dict[str, Any] = {
-        "ActivationSymmetric": True,
+        "ActivationSymmetric": for_trt,
         "WeightSymmetric": True,
-        "QuantizeBias": False,
-        "QDQKeepRemovableActivations": True,
-        # Biases stay float, so weight scales need no widening for an INT32 bias scale.
-        "QDQDisableWeightAdjustForInt32Bias": True,
+        "QuantizeBias": not for_trt,
+        "QDQKeepRemovableActivations": for_trt,
+        # Float biases need no widening of weight scales for an INT32 bias scale.
+        "QDQDisableWeightAdjustForInt32Bias": for_trt,
         "TensorQuantOverrides": _deconv_weight_overrides(model),
         **calibration_options,
     }
@@ -289,6 +296,8 @@ def quantize_int8(
         "batch_size": batch_size,
         "quantiser": f"onnxruntime {ort_version}",
         "reduce_range": reduce_range,
+        "activations": "int8 symmetric" if for_trt else "uint8 asymmetric",
+        "biases": "float" if for_trt else "int32",
     }
 
     # Calibration cache, keyed on everything that changes the ranges.
@@ -323,7 +332,7 @@ def quantize_int8(
                 str(out),
                 reader,
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if for_trt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 reduce_range=reduce_range,
@@ -490,7 +499,7 @@ def convert_precision(
         cache = CalibrationCache(cache_dir) if use_cache else None
         built, report.calibration = quantize_int8(
             model, calibration, sorted(fp32_nodes | set(signal)), calibration_method, batch_size, cache,
-            reduce_range=(target == "cpu") if reduce_range is None else reduce_range,
+            reduce_range=(target == "cpu") if reduce_range is None else reduce_range, target=target,
         )
         rewired = read_float_in(built, fp32_nodes | set(signal))
         report.calibration.update(calibration.summary())
@@ -498,7 +507,7 @@ def convert_precision(
         if target == "trt":
             built, fp16_report = convert_to_mixed_fp16(built, keep_fp32)
             fp16_record = fp16_report.to_dict()
-        report.qdq_nodes = check_qdq(built, str(out), fp32_nodes | set(signal))
+        report.qdq_nodes = check_qdq(built, str(out), fp32_nodes | set(signal), target=target)
     else:
         built, fp16_report = convert_to_mixed_fp16(model, keep_fp32)
         fp16_record = fp16_report.to_dict()

@@ -1,6 +1,8 @@
 """A linter for explicit INT8 quantisation (QuantizeLinear/DequantizeLinear) as TensorRT needs it.
 
-Runs after every quantisation (written with onnx-graphsurgeon) and names the offending node. Rules:
+Runs after every quantisation (written with onnx-graphsurgeon) and names the offending node. For
+the ``cpu`` target the TensorRT-only rules on activations and biases are left out
+(:data:`TRT_ONLY_RULES`). Rules:
 
 ``opset``            default-domain opset >= 13 (per-channel ``axis`` needs it);
 ``int8``             Q/DQ zero points present and INT8 (ONNX defaults to UINT8 when absent);
@@ -30,7 +32,7 @@ import onnx
 
 from fmabs_edge.converters.export import SCORING_SCOPE
 from fmabs_edge.converters.float16 import FP32_ONLY_INPUTS
-from fmabs_edge.errors import ModelError
+from fmabs_edge.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,20 @@ def _dtype(tensor) -> np.dtype | None:
     return np.dtype(tensor.dtype) if tensor.dtype is not None else None
 
 
-def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = ()) -> list[Violation]:
-    """Every rule violation in ``model``; ``float_nodes`` adds node names that must stay Q/DQ-free."""
+#: Rules that only TensorRT imposes; a file meant for ONNX Runtime on a CPU may break them
+#: (asymmetric UINT8 activations and INT32 biases are its fast path).
+TRT_ONLY_RULES = frozenset({"int8", "zero-point", "bias-float"})
+TARGETS = ("trt", "cpu")
+
+
+def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = (), target: str = "trt") -> list[Violation]:
+    """Every rule violation in ``model``; ``float_nodes`` adds node names that must stay Q/DQ-free.
+
+    ``target="cpu"`` leaves out :data:`TRT_ONLY_RULES` for activations and biases (weights keep
+    INT8 with zero points of 0 on both targets).
+    """
+    if target not in TARGETS:
+        raise UsageError(f"target={target!r}; choose one of {TARGETS}.")
     import onnx_graphsurgeon as gs
 
     violations: list[Violation] = []
@@ -96,7 +110,10 @@ def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = ()) -> list[Vi
 
     for node in graph.nodes:
         if node.op in QDQ_OPS:
-            violations.extend(_check_qdq_node(node, in_float))
+            found = _check_qdq_node(node, in_float)
+            if target == "cpu" and not _is_weight(node):
+                found = [v for v in found if v.rule not in TRT_ONLY_RULES]
+            violations.extend(found)
         elif in_float(node):
             for tensor in node.inputs:
                 if tensor.inputs and tensor.inputs[0].op == "DequantizeLinear":
@@ -114,6 +131,13 @@ def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = ()) -> list[Vi
     for violation in violations:
         logger.debug("Q/DQ lint: %s", violation)
     return violations
+
+
+def _is_weight(node) -> bool:
+    """A DequantizeLinear of constant INT8 data (a weight), as opposed to activations or biases."""
+    return node.op == "DequantizeLinear" and _values(node.inputs[0]) is not None and (
+        _dtype(node.inputs[0]) == np.dtype(np.int8)
+    )
 
 
 def _check_qdq_node(node, in_float) -> list[Violation]:
@@ -193,14 +217,14 @@ def _check_qdq_node(node, in_float) -> list[Violation]:
     return found
 
 
-def check_qdq(model: onnx.ModelProto, source: str, float_nodes: Iterable[str] = ()) -> int:
+def check_qdq(model: onnx.ModelProto, source: str, float_nodes: Iterable[str] = (), target: str = "trt") -> int:
     """Raise ModelError listing the violations of :func:`lint_qdq`; return the number of Q/DQ nodes."""
-    violations = lint_qdq(model, float_nodes)
+    violations = lint_qdq(model, float_nodes, target)
     if violations:
         shown = "\n  ".join(str(v) for v in violations[:20])
         more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
         raise ModelError(
-            f"{source}: {len(violations)} Q/DQ rule violation(s) TensorRT would reject or mis-build:\n  "
+            f"{source}: {len(violations)} Q/DQ rule violation(s) of the '{target}' target:\n  "
             f"{shown}{more}"
         )
     return sum(1 for node in model.graph.node if node.op_type in QDQ_OPS)

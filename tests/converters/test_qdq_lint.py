@@ -40,7 +40,7 @@ def _graph(
                                 if weight_scales > 1 else np.array(0.01, dtype=scale_dtype), "w_scale"),
     ]
     x_zp = np.array(zero_point, dtype=zero_point_dtype)
-    w_zp = np.zeros(weight_scales, dtype=zero_point_dtype) if weight_scales > 1 else np.array(0, zero_point_dtype)
+    w_zp = np.zeros(weight_scales, dtype=np.int8) if weight_scales > 1 else np.array(0, np.int8)
     inits += [numpy_helper.from_array(x_zp, "x_zp"), numpy_helper.from_array(w_zp, "w_zp")]
     zp = ["x_zp"] if with_zero_point else []
     nodes = [
@@ -122,3 +122,10 @@ def test_a_per_channel_activation_is_refused():
         if init.name == "x_zp":
             init.CopyFrom(numpy_helper.from_array(np.zeros(3, np.int8), "x_zp"))
     assert "activation-axis" in _rules(model)
+
+
+def test_the_cpu_target_allows_uint8_activations_and_int32_biases_but_not_bad_weights():
+    cpu_form = _graph(zero_point_dtype=np.uint8, zero_point=3, int32_bias=True)
+    assert {"int8", "zero-point", "bias-float"} <= _rules(cpu_form)
+    assert lint_qdq(cpu_form, target="cpu") == []
+    assert "conv-weight" in {v.rule for v in lint_qdq(_graph(weight_axis=1), target="cpu")}
