@@ -137,3 +137,16 @@ def test_training_split_is_used_and_heldout_images_never(tmp_path):
 def test_no_training_split_and_no_folder_is_a_usage_error():
     with pytest.raises(UsageError, match="--calib"):
         calibration_files(ModelMetadata())
+
+
+def test_strided_calibration_ranges_cover_every_batch_once(tmp_path):
+    # onnxruntime's CalibStridedMinMax calls set_range(start, start + stride) over len(reader) batches.
+    calibration = load_calibration_set(_write_images(tmp_path, 10), SIZE, min_images=0)
+    reader = CalibrationReader(calibration, batch_size=4)
+    seen = []
+    for start in range(len(reader)):
+        reader.set_range(start, start + 1)
+        while (batch := reader.get_next()) is not None:
+            seen.append(batch["images"])
+    assert [len(b) for b in seen] == [4, 4, 2]
+    assert np.array_equal(np.concatenate(seen), calibration.images)
