@@ -97,7 +97,7 @@ def train(data: Path, out_dir: Path, **options) -> None:
 @click.option("--good", required=True, type=click.Path(path_type=Path), help="Folder of good images to fit on.")
 @click.option("--max-false-reject", type=str, required=True, help="Allowed false-reject rate, e.g. 0.5% or 0.005.")
 @click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend that scores the images [default: from the file suffix].")
-@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive, help="Images per inference call.")
 def threshold(model: Path, good: Path, max_false_reject: str, backend: str | None, batch_size: int) -> None:
     """Re-fit the decision threshold on good images; rewrites only the metadata (no rebuild needed)."""
     from fmabs_edge.threshold import parse_rate, refit_threshold
@@ -137,7 +137,7 @@ def export(checkpoint: Path, out_path: Path, check: bool, input_size: str | None
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for results.csv (and maps).")
 @click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend [default: from the model file's suffix; .onnx -> ort].")
-@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive, help="Images per inference call.")
 @click.option("--threshold", type=float, default=None, help="Override the stored decision threshold.")
 @click.option("--save-maps/--no-save-maps", default=False, help="Write a heatmap overlay PNG per image.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="Streaming: per-camera YAML/TOML (ROI, ignore mask, aspect, operating point).")
@@ -178,7 +178,7 @@ def run(model: Path, inputs: tuple[str, ...], out_dir: Path, backend: str | None
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
 @click.option("--backend", type=click.Choice(["ort", "torch", "trt"]), default=None, help="Backend [default: from the file suffix].")
-@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive)
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive, help="Images per inference call.")
 @click.option("--threshold", type=float, default=None, help="Override the stored decision threshold.")
 def evaluate_command(model: Path, data: Path, json_path: Path | None, backend: str | None, batch_size: int, threshold: float | None) -> None:
     """Evaluate a model on an MVTec-style category folder (image/pixel AUROC, AUPRO, F1-max)."""
@@ -191,7 +191,7 @@ def evaluate_command(model: Path, data: Path, json_path: Path | None, backend: s
 @main.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the data, model and results.")
 @click.option("--epochs", type=int, default=None, callback=_positive, help="Training epochs [default: 8].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data and the training.")
 def demo(out_dir: Path, epochs: int | None, seed: int) -> None:
     """Make a synthetic defect set, train briefly, export, run with ONNX Runtime and evaluate."""
     from fmabs_edge.demo import run_demo
