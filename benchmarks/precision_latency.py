@@ -112,8 +112,9 @@ def _print(result: dict[str, Any]) -> None:
     print(f"{'variant':<10} {'infer p50':>10} {'p90':>8} {'p99':>8} {'latency p50':>12} {'x FP32':>7}  (ms, batch 1)")
     for record in result["records"]:
         name = record["variant"]
-        print(f"{name:<10} {record['infer_ms_p50']:>10.2f} {record['infer_ms_p90']:>8.2f} {record['infer_ms_p99']:>8.2f} "
-              f"{record['latency_ms_p50']:>12.2f} {result['speedup_vs_fp32'][name]:>7.2f}")
+        print(f"{name:<10} {record['infer_ms_p50']:>10.2f} {record['infer_ms_p90']:>8.2f} "
+              f"{record['infer_ms_p99']:>8.2f} {record['latency_ms_p50']:>12.2f} "
+              f"{result['speedup_vs_fp32'][name]:>7.2f}")
     for name, ops in result["profiles"].items():
         shown = ", ".join(f"{op} {share:.0%}" for op, share in ops[:5])
         print(f"profile {name}: {shown}")

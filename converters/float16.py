@@ -273,7 +273,8 @@ def convert_to_mixed_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> tuple[
 
     # Contract outputs made in FP16 are cast back to FP32 under their own names.
     for name, inner in renamed.items():
-        new_nodes.append(helper.make_node("Cast", [inner], [name], name=f"fmabs.cast/{name}->fp32", to=TensorProto.FLOAT))
+        cast_back = helper.make_node("Cast", [inner], [name], name=f"fmabs.cast/{name}->fp32", to=TensorProto.FLOAT)
+        new_nodes.append(cast_back)
         report.casts_inserted += 1
 
     _insert_after_producers(graph, new_nodes)
