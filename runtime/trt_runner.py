@@ -18,6 +18,7 @@ serves one thread at a time. TensorRT objects are released before the buffers an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,11 +388,16 @@ class TrtRunner(Runner):
     # -- release -------------------------------------------------------------------------------
 
     def _release(self) -> None:
-        """Free TensorRT objects first (context, engine, runtime), then buffers, stream, context."""
-        self._context = None
-        self._engine = None
-        self._runtime = None
+        """Free TensorRT objects first (context, engine, runtime), then buffers, stream, context.
+
+        TensorRT frees device memory when its objects go, so the context is made current in the
+        calling thread for that too (close() may run in another thread than inference).
+        """
         cuda = self._cuda
+        with cuda.current() if cuda is not None else contextlib.nullcontext():
+            self._context = None
+            self._engine = None
+            self._runtime = None
         if cuda is None:
             return
         for slot in self._slots.values():
