@@ -62,7 +62,13 @@ from fmabs_edge.calib.reader import (
 )
 from fmabs_edge.converters.export import SCORING_SCOPE
 from fmabs_edge.converters.float16 import FP16_MAX, convert_to_mixed_fp16
-from fmabs_edge.converters.gate import GateCriteria, GateReport, gate_variant, score_reference
+from fmabs_edge.converters.gate import (
+    DISABLE_QDQ_FUSION,
+    GateCriteria,
+    GateReport,
+    gate_variant,
+    score_reference,
+)
 from fmabs_edge.converters.islands import island_nodes, signal_nodes
 from fmabs_edge.converters.qdq_lint import check_qdq
 from fmabs_edge.errors import DataError, GateError, ModelError, UsageError
@@ -405,7 +411,7 @@ def _smoke_check(data: bytes, images: np.ndarray, source: str, optimised: bool) 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimised:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry(*DISABLE_QDQ_FUSION)
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         anomaly_map, image_score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
