@@ -28,18 +28,20 @@ from fmabs_edge.model import AnomalyScorer, DeployModel
 from fmabs_edge.runtime.preprocess import preprocess_file
 
 VARIANTS: dict[str, dict] = {
-    "inconsistency stages 1-3 + attention (default)": {},
+    "inconsistency stages 2-3 + attention (default)": {},
+    "inconsistency stages 1-3 + attention": {"inconsistency_stages": (0, 1, 2)},
     "inconsistency stage 1 only + attention": {"inconsistency_stages": (0,)},
-    "inconsistency stages 1-3, no attention": {"use_attention": False},
-    "inconsistency, sigma 2": {"sigma_px": 2.0},
-    "inconsistency, top-1% mean": {"reduction": "topk_mean"},
+    "inconsistency stage 3 only + attention": {"inconsistency_stages": (2,)},
+    "inconsistency stages 2-3, no attention": {"use_attention": False},
+    "inconsistency stages 2-3, sigma 8": {"sigma_px": 8.0},
+    "inconsistency stages 2-3, top-1% mean": {"reduction": "topk_mean"},
     "reconstruction alone": {"weight_reconstruction": 1.0, "weight_inconsistency": 0.0},
     "reference mix 0.7 rec + 0.3 inc (stage 1)": {
         "weight_reconstruction": 0.7,
         "weight_inconsistency": 0.3,
         "inconsistency_stages": (0,),
     },
-    "mix 0.3 rec + 0.7 inc": {"weight_reconstruction": 0.3, "weight_inconsistency": 0.7},
+    "mix 0.3 rec + 0.7 inc (stages 2-3)": {"weight_reconstruction": 0.3, "weight_inconsistency": 0.7},
 }
 
 
@@ -76,10 +78,17 @@ def score_with(scoring: ScoringConfig, stats: NormalisationStats, pieces: dict, 
 
 
 def fit_stats(pieces: dict, scoring: ScoringConfig, size: int) -> NormalisationStats:
+    """Per-component mean/std on the held-out pieces, as training's fit_normalisation does."""
     scorer = AnomalyScorer(scoring, NormalisationStats(), size)
-    error, inconsistency = scorer.raw_components(torch.zeros_like(pieces["error"]), pieces["error"], pieces["stages"])
+    stages = tuple(range(len(pieces["stages"])))
+    error, per_stage = scorer.raw_components(
+        torch.zeros_like(pieces["error"]), pieces["error"], pieces["stages"], stages
+    )
     return NormalisationStats(
-        float(error.mean()), float(error.std()), float(inconsistency.mean()), float(inconsistency.std()),
+        float(error.mean()),
+        float(error.std()),
+        tuple(float(m.mean()) for m in per_stage),
+        tuple(float(m.std()) for m in per_stage),
         n_images=int(error.shape[0]),
     )
 
@@ -94,7 +103,7 @@ def main() -> None:
     started = time.perf_counter()
     net, metadata = load_checkpoint(args.checkpoint)
     size = metadata.image_size
-    deploy = DeployModel(net, replace(metadata.scoring, weight_reconstruction=1.0), metadata.normalisation).eval()
+    deploy = DeployModel(net, replace(metadata.scoring, weight_reconstruction=1.0), NormalisationStats()).eval()
     heldout = [Path(p) for p in metadata.training["heldout_files"]]
     samples = list_test_samples(args.data)
     held = cached_pieces(deploy, heldout, size)

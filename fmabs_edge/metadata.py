@@ -43,14 +43,17 @@ class ScoringConfig:
     weight_reconstruction: float = 0.0
     weight_inconsistency: float = 1.0
     use_attention: bool = True
-    #: Indices into the feature stages (0 = stride 4) whose inconsistency is averaged into ``I``.
-    inconsistency_stages: tuple[int, ...] = (0, 1, 2)
+    #: Indices into the feature stages (0 = stride 4) whose normalised inconsistencies are
+    #: averaged into ``I``. Stage 0 is left out by default: the student mimics stride-4 features
+    #: of defects too well (see benchmarks/RESULTS.md).
+    inconsistency_stages: tuple[int, ...] = (1, 2)
     sigma_px: float = 4.0
     #: ``"max"`` or ``"topk_mean"`` (mean of the highest ``topk_fraction`` of map pixels).
     reduction: str = "max"
     topk_fraction: float = 0.01
-    #: Statistic used to normalise each map component on held-out normal images: ``"meanstd"``
-    #: ((x - mean) / std over all pixels).
+    #: Statistic used to normalise each map component (the reconstruction error, and each
+    #: stage's inconsistency separately) on held-out normal images: ``"meanstd"``
+    #: ((x - mean) / std over all pixels at the model resolution).
     normalisation: str = "meanstd"
 
     REDUCTIONS = ("max", "topk_mean")
@@ -63,8 +66,9 @@ class NormalisationStats:
 
     reconstruction_loc: float = 0.0
     reconstruction_scale: float = 1.0
-    inconsistency_loc: float = 0.0
-    inconsistency_scale: float = 1.0
+    #: One value per feature stage (strides 4, 8, 16).
+    inconsistency_loc: tuple[float, ...] = (0.0, 0.0, 0.0)
+    inconsistency_scale: tuple[float, ...] = (1.0, 1.0, 1.0)
     n_images: int = 0
 
 

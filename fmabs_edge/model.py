@@ -386,8 +386,8 @@ class AnomalyScorer(nn.Module):
         self.image_size = image_size
         self.register_buffer("rec_loc", torch.tensor(float(stats.reconstruction_loc)))
         self.register_buffer("rec_scale", torch.tensor(float(stats.reconstruction_scale)))
-        self.register_buffer("inc_loc", torch.tensor(float(stats.inconsistency_loc)))
-        self.register_buffer("inc_scale", torch.tensor(float(stats.inconsistency_scale)))
+        self.register_buffer("inc_loc", torch.tensor([float(v) for v in stats.inconsistency_loc]))
+        self.register_buffer("inc_scale", torch.tensor([float(v) for v in stats.inconsistency_scale]))
         self.smooth = scoring.sigma_px > 0
         if self.smooth:
             taps = gaussian_kernel_1d(scoring.sigma_px)
@@ -408,18 +408,20 @@ class AnomalyScorer(nn.Module):
         image: torch.Tensor,
         reconstruction: torch.Tensor | None,
         differences: list[torch.Tensor],
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Un-normalised reconstruction error ``E`` and inconsistency ``I``, ``(N, 1, S, S)`` each."""
+        stages: tuple[int, ...] | None = None,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Un-normalised reconstruction error ``E`` ``(N, 1, S, S)`` and, per stage in ``stages``
+        (default: the configured ones), the inconsistency ``mean_c |T_l - S_l|`` at ``(N, 1, S, S)``."""
         size = (self.image_size, self.image_size)
         error = None
         if reconstruction is not None:
             error = torch.mean(torch.abs(reconstruction - image), dim=1, keepdim=True)
-        inconsistency = None
-        if differences:
-            stages = [differences[i].mean(dim=1, keepdim=True) for i in self.scoring.inconsistency_stages]
-            resized = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages]
-            inconsistency = torch.stack(resized, dim=0).mean(dim=0)
-        return error, inconsistency
+        chosen = self.scoring.inconsistency_stages if stages is None else stages
+        inconsistencies = [
+            F.interpolate(differences[i].mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False)
+            for i in chosen
+        ] if differences else []
+        return error, inconsistencies
 
     def forward(
         self,
@@ -428,14 +430,15 @@ class AnomalyScorer(nn.Module):
         differences: list[torch.Tensor],
         attention: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        error, inconsistency = self.raw_components(image, reconstruction, differences)
+        error, inconsistencies = self.raw_components(image, reconstruction, differences)
         score_map = torch.zeros_like(image[:, :1])
         if self.needs_reconstruction and error is not None:
             score_map = score_map + self.scoring.weight_reconstruction * (error - self.rec_loc) / self.rec_scale
-        if self.needs_inconsistency and inconsistency is not None:
-            score_map = (
-                score_map + self.scoring.weight_inconsistency * (inconsistency - self.inc_loc) / self.inc_scale
-            )
+        if self.needs_inconsistency and inconsistencies:
+            stages = self.scoring.inconsistency_stages
+            normalised = [(m - self.inc_loc[i]) / self.inc_scale[i] for i, m in zip(stages, inconsistencies)]
+            inconsistency = torch.stack(normalised, dim=0).mean(dim=0)
+            score_map = score_map + self.scoring.weight_inconsistency * inconsistency
         if attention is not None:
             size = (self.image_size, self.image_size)
             score_map = score_map * (1.0 + F.interpolate(attention, size=size, mode="bilinear", align_corners=False))
@@ -478,7 +481,8 @@ class DeployModel(nn.Module):
 
     def components(self, images: torch.Tensor):
         """Run the network on ``(N, S, S, 3) uint8`` and return the scorer's inputs."""
-        x = self.net.normalise(images.permute(0, 3, 1, 2).to(torch.float32))
+        # Cast first: TensorRT takes a uint8 input only when its first consumer is a Cast.
+        x = self.net.normalise(images.to(torch.float32).permute(0, 3, 1, 2))
         if self.scoring.needs_reconstruction:
             outputs = self.net(x)
             differences = outputs["differences"]

@@ -120,28 +120,29 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def fit_normalisation(net: FmabsNet, scoring: ScoringConfig, images: np.ndarray, batch_size: int) -> NormalisationStats:
-    """Mean/std of each raw map component over all pixels of the held-out normal images."""
+    """Mean/std over all pixels of the held-out normal images, of the reconstruction error and of
+    each stage's inconsistency (all stages, whichever the scoring uses)."""
     probe = DeployModel(net, ScoringConfig(**{**scoring.__dict__, "weight_reconstruction": 1.0}), NormalisationStats())
     probe.eval()
-    sums = {"rec": [0.0, 0.0, 0], "inc": [0.0, 0.0, 0]}
+    n_stages = len(net.teacher.channels)
+    moments = np.zeros((1 + n_stages, 3))  # rows: error, stage 0..; columns: sum, sum of squares, count
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(images[start : start + batch_size])
         x, reconstruction, differences, _ = probe.components(chunk)
-        error, inconsistency = probe.scoring.raw_components(x, reconstruction, differences)
-        for key, values in (("rec", error), ("inc", inconsistency)):
+        error, stages = probe.scoring.raw_components(x, reconstruction, differences, tuple(range(n_stages)))
+        for row, values in enumerate([error, *stages]):
             values = values.double()
-            sums[key][0] += float(values.sum())
-            sums[key][1] += float((values**2).sum())
-            sums[key][2] += values.numel()
+            moments[row] += (float(values.sum()), float((values**2).sum()), values.numel())
 
-    def loc_scale(key: str) -> tuple[float, float]:
-        total, squares, count = sums[key]
-        mean = total / count
-        return mean, max(math.sqrt(max(squares / count - mean * mean, 0.0)), 1e-8)
-
-    rec_loc, rec_scale = loc_scale("rec")
-    inc_loc, inc_scale = loc_scale("inc")
-    return NormalisationStats(rec_loc, rec_scale, inc_loc, inc_scale, n_images=len(images))
+    means = moments[:, 0] / moments[:, 2]
+    stds = np.sqrt(np.maximum(moments[:, 1] / moments[:, 2] - means**2, 0.0)).clip(min=1e-8)
+    return NormalisationStats(
+        reconstruction_loc=float(means[0]),
+        reconstruction_scale=float(stds[0]),
+        inconsistency_loc=tuple(float(v) for v in means[1:]),
+        inconsistency_scale=tuple(float(v) for v in stds[1:]),
+        n_images=len(images),
+    )
 
 
 @torch.no_grad()

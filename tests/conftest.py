@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reasons["gpu"] = "needs a CUDA GPU; none is visible here"
     for item in items:
         for marker, reason in reasons.items():
-            if marker in item.keywords:
+            if item.get_closest_marker(marker) is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
