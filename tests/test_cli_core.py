@@ -87,7 +87,7 @@ def test_train_in_process(tmp_path: Path) -> None:
     assert len(metadata.training["skipped"]) == 1 and str(broken) in metadata.training["skipped"][0]
     assert np.isfinite(metadata.threshold) and "max-false-reject" in metadata.threshold_rule
     assert metadata.normalisation.n_images == len(metadata.training["heldout_files"])
-    assert metadata.normalisation.inconsistency_scale > 0
+    assert all(scale > 0 for scale in metadata.normalisation.inconsistency_scale)
     assert (run_dir / "last.pt").is_file()
 
 

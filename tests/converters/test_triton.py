@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import sys
 from pathlib import Path
 
@@ -205,7 +207,10 @@ def test_trained_model_repository(tmp_path, tiny_onnx):
     assert check_config(config, onnx_io(onnx.load(str(tiny_onnx)), "tiny")) == []
 
 
-BOTTLE_ONNX = Path(__file__).resolve().parents[2] / "runs" / "bottle" / "model.onnx"
+#: The trained bottle model (benchmarks/reproduce_accuracy.py writes it); FMABS_BOTTLE_ONNX overrides.
+BOTTLE_ONNX = Path(
+    os.environ.get("FMABS_BOTTLE_ONNX", Path(__file__).resolve().parents[2] / "runs" / "mvtec_bottle" / "model.onnx")
+)
 
 
 @pytest.mark.data
