@@ -50,7 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--work", type=Path, default=Path("runs"))
-    parser.add_argument("--only", choices=sorted(RUNS), action="append", help="Run only these datasets.")
+    parser.add_argument(
+        "--only", choices=sorted(RUNS), action="append", help="Run only these datasets."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -62,14 +64,28 @@ def main() -> None:
         started = time.perf_counter()
         export_onnx(checkpoint, onnx_path)
         onnx_metrics = evaluate(onnx_path, data, backend="ort", json_path=run_dir / "eval_ort.json")
-        torch_metrics = evaluate(checkpoint, data, backend="torch", json_path=run_dir / "eval_torch.json")
+        torch_metrics = evaluate(
+            checkpoint, data, backend="torch", json_path=run_dir / "eval_torch.json"
+        )
         summary = {
             "dataset": name,
             "train_seconds": onnx_metrics["metadata"]["training"]["train_seconds"],
             "epochs": onnx_metrics["metadata"]["training"]["epochs"],
-            **{k: onnx_metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold",
-                                            "precision_at_threshold", "recall_at_threshold",
-                                            "fpr_at_threshold", "n_images", "n_skipped")},
+            **{
+                k: onnx_metrics[k]
+                for k in (
+                    "image_auroc",
+                    "pixel_auroc",
+                    "aupro",
+                    "f1_max",
+                    "threshold",
+                    "precision_at_threshold",
+                    "recall_at_threshold",
+                    "fpr_at_threshold",
+                    "n_images",
+                    "n_skipped",
+                )
+            },
             "ort_vs_torch": parity(onnx_metrics, torch_metrics),
             "eval_seconds": round(time.perf_counter() - started, 1),
         }

@@ -41,17 +41,24 @@ VARIANTS: dict[str, dict] = {
         "weight_inconsistency": 0.3,
         "inconsistency_stages": (0,),
     },
-    "mix 0.3 rec + 0.7 inc (stages 2-3)": {"weight_reconstruction": 0.3, "weight_inconsistency": 0.7},
+    "mix 0.3 rec + 0.7 inc (stages 2-3)": {
+        "weight_reconstruction": 0.3,
+        "weight_inconsistency": 0.7,
+    },
 }
 
 
 @torch.no_grad()
-def cached_pieces(deploy: DeployModel, files: list[Path], size: int, batch: int = 8) -> dict[str, torch.Tensor]:
+def cached_pieces(
+    deploy: DeployModel, files: list[Path], size: int, batch: int = 8
+) -> dict[str, torch.Tensor]:
     """Run the network once: reconstruction error (N,1,S,S), per-stage channel means, attention."""
     errors, stages, attentions = [], [[], [], []], []
     for start in range(0, len(files), batch):
         images = np.stack([preprocess_file(p, size)[0] for p in files[start : start + batch]])
-        outputs = deploy.net(deploy.net.normalise(torch.from_numpy(images).permute(0, 3, 1, 2).float()))
+        outputs = deploy.net(
+            deploy.net.normalise(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+        )
         x = deploy.net.normalise(torch.from_numpy(images).permute(0, 3, 1, 2).float())
         errors.append(torch.mean(torch.abs(outputs["reconstruction"] - x), dim=1, keepdim=True))
         for index, difference in enumerate(outputs["differences"]):
@@ -65,7 +72,9 @@ def cached_pieces(deploy: DeployModel, files: list[Path], size: int, batch: int 
     }
 
 
-def score_with(scoring: ScoringConfig, stats: NormalisationStats, pieces: dict, size: int, has_attention: bool):
+def score_with(
+    scoring: ScoringConfig, stats: NormalisationStats, pieces: dict, size: int, has_attention: bool
+):
     """Apply the export's scoring head to cached pieces (1-channel inputs: channel means are exact)."""
     scorer = AnomalyScorer(scoring, stats, size).eval()
     error = pieces["error"]
@@ -103,12 +112,16 @@ def main() -> None:
     started = time.perf_counter()
     net, metadata = load_checkpoint(args.checkpoint)
     size = metadata.image_size
-    deploy = DeployModel(net, replace(metadata.scoring, weight_reconstruction=1.0), NormalisationStats()).eval()
+    deploy = DeployModel(
+        net, replace(metadata.scoring, weight_reconstruction=1.0), NormalisationStats()
+    ).eval()
     heldout = [Path(p) for p in metadata.training["heldout_files"]]
     samples = list_test_samples(args.data)
     held = cached_pieces(deploy, heldout, size)
     test = cached_pieces(deploy, [s.image for s in samples], size)
-    masks = np.stack([load_mask(s.mask, size) if s.mask else np.zeros((size, size), bool) for s in samples])
+    masks = np.stack(
+        [load_mask(s.mask, size) if s.mask else np.zeros((size, size), bool) for s in samples]
+    )
 
     results = []
     for name, change in VARIANTS.items():
@@ -117,9 +130,19 @@ def main() -> None:
         _, held_scores = score_with(scoring, stats, held, size, metadata.model.attention)
         maps, scores = score_with(scoring, stats, test, size, metadata.model.attention)
         threshold = float(np.max(held_scores))
-        metrics = metrics_from_predictions(Predictions(samples, scores.astype(np.float64), maps, masks, []), threshold)
+        metrics = metrics_from_predictions(
+            Predictions(samples, scores.astype(np.float64), maps, masks, []), threshold
+        )
         row = {"variant": name, "scoring": asdict(scoring)} | {
-            k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "fpr_at_threshold", "recall_at_threshold")
+            k: metrics[k]
+            for k in (
+                "image_auroc",
+                "pixel_auroc",
+                "aupro",
+                "f1_max",
+                "fpr_at_threshold",
+                "recall_at_threshold",
+            )
         }
         results.append(row)
         print(
@@ -129,7 +152,9 @@ def main() -> None:
     print(f"({time.perf_counter() - started:.0f} s; {len(samples)} test images at {size} px)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"checkpoint": str(args.checkpoint), "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ from fmabs_edge.runtime.torch_runner import TorchRunner
 VARIANTS = {
     "default (inconsistency + attention; no decoder in graph)": ({}, {}),
     "no attention": ({"attention": False}, {"use_attention": False}),
-    "with reconstruction, upconv decoder": ({}, {"weight_reconstruction": 0.3, "weight_inconsistency": 0.7}),
+    "with reconstruction, upconv decoder": (
+        {},
+        {"weight_reconstruction": 0.3, "weight_inconsistency": 0.7},
+    ),
     "with reconstruction, deconv decoder (reference)": (
         {"decoder": "deconv", "decoder_width": 128},
         {"weight_reconstruction": 0.3, "weight_inconsistency": 0.7},
@@ -41,13 +44,17 @@ VARIANTS = {
 }
 
 
-def build_variant(folder: Path, name: str, size: int, model_changes: dict, scoring_changes: dict) -> Path:
+def build_variant(
+    folder: Path, name: str, size: int, model_changes: dict, scoring_changes: dict
+) -> Path:
     from fmabs_edge.model import FmabsNet
 
     config = ModelConfig(image_size=size, **model_changes)
     net = FmabsNet(config)
     checkpoint = folder / f"{abs(hash(name))}.pt"
-    save_checkpoint(checkpoint, net, ModelMetadata(model=config, scoring=ScoringConfig(**scoring_changes)))
+    save_checkpoint(
+        checkpoint, net, ModelMetadata(model=config, scoring=ScoringConfig(**scoring_changes))
+    )
     return checkpoint
 
 
@@ -56,8 +63,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="Trained checkpoints to add.")
-    parser.add_argument("--no-torch", action="store_true", help="Skip the PyTorch eager references.")
+    parser.add_argument(
+        "--checkpoint", type=Path, action="append", default=[], help="Trained checkpoints to add."
+    )
+    parser.add_argument(
+        "--no-torch", action="store_true", help="Skip the PyTorch eager references."
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -66,20 +77,27 @@ def main() -> None:
     frames = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(8)]
     with TemporaryDirectory() as temp:
         folder = Path(temp)
-        checkpoints = {name: build_variant(folder, name, args.size, *changes) for name, changes in VARIANTS.items()}
+        checkpoints = {
+            name: build_variant(folder, name, args.size, *changes)
+            for name, changes in VARIANTS.items()
+        }
         checkpoints.update({f"trained {p.parent.name}": p for p in args.checkpoint})
         variants, macs = [], {}
         for name, checkpoint in checkpoints.items():
             onnx_path = folder / f"{checkpoint.stem}.onnx"
             export_onnx(checkpoint, onnx_path, check=False)
             macs[name] = count_macs(onnx_path).macs_per_image / 1e9
-            variants.append(TimedVariant(f"ort | {name}", OrtRunner.open(onnx_path, spin_threads=False)))
+            variants.append(
+                TimedVariant(f"ort | {name}", OrtRunner.open(onnx_path, spin_threads=False))
+            )
             if not args.no_torch:
                 variants.append(TimedVariant(f"torch | {name}", TorchRunner.open(checkpoint)))
         records = measure(variants, frames, (1,), args.warmup, args.iterations)
         gemm = measure_gemm_peak()
 
-    print(f"machine: {platform.processor() or platform.machine()}, batch 1, {args.size}x{args.size}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, batch 1, {args.size}x{args.size}"
+    )
     for record in records:
         backend, name = record["variant"].split(" | ", 1)
         print(
@@ -89,7 +107,9 @@ def main() -> None:
     print(f"GEMM peak: {gemm}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"records": records, "macs": macs, "gemm": gemm}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps({"records": records, "macs": macs, "gemm": gemm}, indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

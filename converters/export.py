@@ -89,7 +89,9 @@ def _check_images(image_size: int, count: int = 8, seed: int = 0) -> np.ndarray:
     images = []
     for i in range(count):
         base = 120 + 60 * np.sin(2 * np.pi * (xx * (2 + i) + yy * rng.uniform(0.5, 3)))
-        image = np.repeat(base[:, :, None], 3, axis=2) + rng.normal(0, 8, (image_size, image_size, 3))
+        image = np.repeat(base[:, :, None], 3, axis=2) + rng.normal(
+            0, 8, (image_size, image_size, 3)
+        )
         cy, cx = rng.uniform(0.2, 0.8, 2)
         blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < (0.02 + 0.01 * i) ** 2 * 4
         image[blob] = rng.uniform(0, 255, 3)
@@ -104,7 +106,11 @@ def verify_against_torch(onnx_bytes: bytes, deploy, image_size: int) -> dict[str
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     images = _check_images(image_size)
-    report: dict[str, Any] = {"score_rtol": SCORE_RTOL, "score_atol": SCORE_ATOL, "map_atol": MAP_ATOL}
+    report: dict[str, Any] = {
+        "score_rtol": SCORE_RTOL,
+        "score_atol": SCORE_ATOL,
+        "map_atol": MAP_ATOL,
+    }
     worst_score, worst_map = 0.0, 0.0
     alone = None
     for batch in CHECK_BATCH_SIZES:
@@ -117,12 +123,20 @@ def verify_against_torch(onnx_bytes: bytes, deploy, image_size: int) -> dict[str
                 f"Export check failed at batch {batch}: ONNX Runtime scores {ort_score} differ from PyTorch "
                 f"{torch_score} beyond rtol={SCORE_RTOL}. Report this with the checkpoint."
             )
-        worst_score = max(worst_score, float(np.max(np.abs(ort_score - torch_score) / np.maximum(np.abs(torch_score), 1e-12))))
+        worst_score = max(
+            worst_score,
+            float(np.max(np.abs(ort_score - torch_score) / np.maximum(np.abs(torch_score), 1e-12))),
+        )
         worst_map = max(worst_map, float(np.max(np.abs(ort_map - torch_map))))
         if worst_map > MAP_ATOL:
-            raise ModelError(f"Export check failed at batch {batch}: anomaly maps differ by {worst_map} > {MAP_ATOL}.")
+            raise ModelError(
+                f"Export check failed at batch {batch}: anomaly maps differ by {worst_map} > {MAP_ATOL}."
+            )
         if batch == 1:
-            alone = [session.run([SCORE_OUTPUT], {INPUT_NAME: images[i : i + 1]})[0][0] for i in range(len(images))]
+            alone = [
+                session.run([SCORE_OUTPUT], {INPUT_NAME: images[i : i + 1]})[0][0]
+                for i in range(len(images))
+            ]
         if batch == CHECK_BATCH_SIZES[-1]:
             batched_gap = float(np.max(np.abs(np.array(alone) - ort_score)))
             if batched_gap > BATCH_CONSISTENCY_ATOL:
@@ -172,7 +186,9 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, check: bool = True
     scope_counts = _rename_scopes(model)
     _set_output_shapes(model, size)
     if scope_counts[SCORING_SCOPE] == 0:
-        raise ModelError("Export produced no scoring nodes under the stable scope; the exporter's naming changed.")
+        raise ModelError(
+            "Export produced no scoring nodes under the stable scope; the exporter's naming changed."
+        )
     exported = ModelMetadata.from_dict(metadata.to_dict())
     exported.checkpoint_sha256 = sha256_file(checkpoint)
     exported.precision = "fp32"

@@ -39,7 +39,9 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent
+    )
     os.close(handle)
     temp = Path(temp_name)
     try:
@@ -68,7 +70,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf raises DecodeError and others
-        raise ModelError(f"{path}: not a readable ONNX file ({err}). Re-export it with 'fmabs-edge export'.") from err
+        raise ModelError(
+            f"{path}: not a readable ONNX file ({err}). Re-export it with 'fmabs-edge export'."
+        ) from err
 
 
 def read_metadata(model: onnx.ModelProto, source: str) -> ModelMetadata:
@@ -99,7 +103,10 @@ def graph_sha256(model: onnx.ModelProto) -> str:
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     shape = value_info.type.tensor_type.shape
-    return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?") for d in shape.dim]
+    return [
+        d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
+        for d in shape.dim
+    ]
 
 
 def check_contract(model: onnx.ModelProto, source: str, image_size: int | None = None) -> None:
@@ -127,8 +134,14 @@ def check_contract(model: onnx.ModelProto, source: str, image_size: int | None =
             problems.append(f"output '{name}' must be float32")
         if len(dims) != rank:
             problems.append(f"output '{name}' must have rank {rank}, found {dims}")
-        elif name == MAP_OUTPUT and image_size is not None and dims[1:] != [1, image_size, image_size]:
-            problems.append(f"output '{name}' must be (N, 1, {image_size}, {image_size}), found {dims}")
+        elif (
+            name == MAP_OUTPUT
+            and image_size is not None
+            and dims[1:] != [1, image_size, image_size]
+        ):
+            problems.append(
+                f"output '{name}' must be (N, 1, {image_size}, {image_size}), found {dims}"
+            )
     if problems:
         raise ModelError(
             f"{source} does not follow the fmabs-edge ONNX contract: " + "; ".join(problems) + ". "

@@ -24,7 +24,12 @@ CHECKPOINT_FORMAT = 1
 
 def save_checkpoint(path: str | Path, net: FmabsNet, metadata: ModelMetadata, **extra: Any) -> None:
     """Write weights and metadata atomically (a failed write leaves the old file in place)."""
-    payload = {"format": CHECKPOINT_FORMAT, "metadata": metadata.to_dict(), "state_dict": net.state_dict(), **extra}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "metadata": metadata.to_dict(),
+        "state_dict": net.state_dict(),
+        **extra,
+    }
     with atomic_output(path) as temp:
         torch.save(payload, temp)
 
@@ -39,7 +44,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for unreadable files
         raise ModelError(f"{path}: cannot be read as a checkpoint ({err}).") from err
     if not isinstance(payload, dict) or "metadata" not in payload or "state_dict" not in payload:
-        raise ModelError(f"{path}: not an fmabs-edge checkpoint (no metadata/state_dict). Train one with 'fmabs-edge train'.")
+        raise ModelError(
+            f"{path}: not an fmabs-edge checkpoint (no metadata/state_dict). Train one with 'fmabs-edge train'."
+        )
     return payload
 
 

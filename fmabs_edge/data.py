@@ -30,7 +30,9 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     if folder.is_file():
         return [folder]
     pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(
+        p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
         raise DataError(
             f"No images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}). "
@@ -75,7 +77,9 @@ def list_test_samples(category: str | Path) -> list[TestSample]:
         )
     samples: list[TestSample] = []
     for class_dir in sorted(p for p in test_root.iterdir() if p.is_dir()):
-        images = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(
+            p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
         for image in images:
             if class_dir.name == GOOD_LABEL:
                 samples.append(TestSample(image, GOOD_LABEL, None))

@@ -85,7 +85,12 @@ def make_synthetic_category(
         mask = _draw_defect(image, rng, kind)
         _write_png(root / "test" / kind / f"{index:03d}.png", image)
         _write_png(root / "ground_truth" / kind / f"{index:03d}_mask.png", mask)
-    logger.info("Synthetic category with %d train and %d test images in %s", n_train, n_test_good + n_test_defect, root)
+    logger.info(
+        "Synthetic category with %d train and %d test images in %s",
+        n_train,
+        n_test_good + n_test_defect,
+        root,
+    )
     return root
 
 
@@ -99,7 +104,9 @@ def run_demo(out_dir: str | Path, epochs: int | None = None, seed: int = 0) -> d
 
     out_dir = Path(out_dir)
     data = make_synthetic_category(out_dir / "data", seed=seed)
-    options = TrainOptions(epochs=epochs or 8, batch_size=4, image_size=128, seed=seed, val_fraction=0.2)
+    options = TrainOptions(
+        epochs=epochs or 8, batch_size=4, image_size=128, seed=seed, val_fraction=0.2
+    )
     result = train(data, out_dir / "run", options)
     onnx_path = out_dir / "run" / "model.onnx"
     export_onnx(result.checkpoint, onnx_path)

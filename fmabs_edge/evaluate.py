@@ -45,7 +45,9 @@ def load_mask(path: Path, size: int) -> np.ndarray:
     """A ground-truth mask as ``(size, size) bool`` (nonzero = defect), nearest-neighbour resized."""
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
-        raise DataError(f"Mask {path} cannot be read; replace it with a 0/255 PNG of the image's size.")
+        raise DataError(
+            f"Mask {path} cannot be read; replace it with a 0/255 PNG of the image's size."
+        )
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 127
 
 
@@ -55,9 +57,16 @@ def predict_samples(runner: Runner, samples: list[TestSample], batch_size: int =
     scored = score_files(runner, [s.image for s in samples], batch_size=batch_size, keep_maps=True)
     kept = [by_path[p] for p in scored.files]
     size = runner.image_size
-    masks = np.stack(
-        [load_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool) for s in kept]
-    ) if kept else np.zeros((0, size, size), bool)
+    masks = (
+        np.stack(
+            [
+                load_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool)
+                for s in kept
+            ]
+        )
+        if kept
+        else np.zeros((0, size, size), bool)
+    )
     maps = np.stack(scored.maps) if kept else np.zeros((0, size, size), np.float32)
     return Predictions(kept, np.array(scored.scores, dtype=np.float64), maps, masks, scored.skipped)
 
@@ -84,7 +93,9 @@ def metrics_from_predictions(predictions: Predictions, threshold: float) -> dict
     }
 
 
-def evaluate_runner(runner: Runner, data: str | Path, batch_size: int = 8, threshold: float | None = None) -> dict[str, Any]:
+def evaluate_runner(
+    runner: Runner, data: str | Path, batch_size: int = 8, threshold: float | None = None
+) -> dict[str, Any]:
     """Evaluate an open runner on the category folder ``data``; returns the metrics dict."""
     samples = list_test_samples(data)
     predictions = predict_samples(runner, samples, batch_size)
@@ -128,10 +139,25 @@ def evaluate(
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A small table of the headline metrics for the terminal."""
-    def show(value: Any) -> str:
-        return "undefined" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
-    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "precision_at_threshold",
-            "recall_at_threshold", "fpr_at_threshold", "n_images", "n_skipped")
+    def show(value: Any) -> str:
+        return (
+            "undefined"
+            if value is None
+            else (f"{value:.4f}" if isinstance(value, float) else str(value))
+        )
+
+    keys = (
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "f1_max",
+        "threshold",
+        "precision_at_threshold",
+        "recall_at_threshold",
+        "fpr_at_threshold",
+        "n_images",
+        "n_skipped",
+    )
     width = max(len(k) for k in keys)
     return "\n".join(f"{key:<{width}}  {show(metrics.get(key))}" for key in keys)

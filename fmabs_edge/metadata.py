@@ -125,7 +125,9 @@ class ModelMetadata:
     def from_dict(cls, data: dict[str, Any], source: str = "metadata") -> "ModelMetadata":
         """Rebuild from :meth:`to_dict` output; unknown keys are an error naming ``source``."""
         if not isinstance(data, dict):
-            raise ModelError(f"{source}: metadata is not a JSON object; was this file made by fmabs-edge?")
+            raise ModelError(
+                f"{source}: metadata is not a JSON object; was this file made by fmabs-edge?"
+            )
         fmt = int(data.get("format", 0))
         if fmt > METADATA_FORMAT:
             raise ModelError(
@@ -141,7 +143,9 @@ class ModelMetadata:
             flat = {k: v for k, v in data.items() if k not in nested}
             return cls(**nested, **flat)
         except TypeError as err:
-            raise ModelError(f"{source}: metadata does not match this fmabs-edge version: {err}") from err
+            raise ModelError(
+                f"{source}: metadata does not match this fmabs-edge version: {err}"
+            ) from err
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -60,7 +60,9 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(f1.max())
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT, steps: int = 2000) -> float | None:
+def aupro(
+    masks: np.ndarray, maps: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT, steps: int = 2000
+) -> float | None:
     """Area under the per-region-overlap curve up to ``fpr_limit``, divided by it (so in [0, 1]).
 
     Regions are the 8-connected components of each ground-truth mask. For a threshold ``t``, a
@@ -87,7 +89,9 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMI
 
     # Thresholds at normal-pixel quantiles give FPR values evenly spaced in [0, fpr_limit].
     fpr_targets = np.linspace(0.0, fpr_limit, steps + 1)
-    index = np.clip(np.ceil((1.0 - fpr_targets) * normal.size).astype(np.int64) - 1, 0, normal.size - 1)
+    index = np.clip(
+        np.ceil((1.0 - fpr_targets) * normal.size).astype(np.int64) - 1, 0, normal.size - 1
+    )
     thresholds = normal[index]
     thresholds[0] = np.nextafter(normal[-1], np.float32(np.inf))  # nothing above: FPR 0
     fpr = 1.0 - np.searchsorted(normal, thresholds, side="right") / normal.size
@@ -115,7 +119,9 @@ def decision_rates(labels: np.ndarray, rejected: np.ndarray) -> dict[str, float 
     false_pos = int((~labels & rejected).sum())
     positives, negatives = int(labels.sum()), int((~labels).sum())
     return {
-        "precision_at_threshold": true_pos / (true_pos + false_pos) if (true_pos + false_pos) else None,
+        "precision_at_threshold": (
+            true_pos / (true_pos + false_pos) if (true_pos + false_pos) else None
+        ),
         "recall_at_threshold": true_pos / positives if positives else None,
         "fpr_at_threshold": false_pos / negatives if negatives else None,
     }

@@ -127,7 +127,9 @@ class FeatureExtractor(nn.Module):
         if weights is not None:
             state = _read_state_dict(weights)
             load_state_strict(full, state, str(weights))
-            logger.info("Loaded %d pretrained tensors for %s from %s", len(state), backbone, weights)
+            logger.info(
+                "Loaded %d pretrained tensors for %s from %s", len(state), backbone, weights
+            )
 
         self.stem = nn.Sequential(*[getattr(full, name) for name in spec["stem"]])
         if isinstance(spec["blocks"], str):
@@ -150,7 +152,9 @@ class FeatureExtractor(nn.Module):
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"Teacher weights file not found: {path}. Give the path of a .pth/.pt state dict.")
+        raise UsageError(
+            f"Teacher weights file not found: {path}. Give the path of a .pth/.pt state dict."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for unreadable files
@@ -165,7 +169,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -174,7 +180,9 @@ class FeatureInconsistencyAttention(nn.Module):
 
     def __init__(self, channels: int, width: int) -> None:
         super().__init__()
-        self.encode = nn.Sequential(_conv_bn_relu(channels, width, 1), _conv_bn_relu(width, width, 3))
+        self.encode = nn.Sequential(
+            _conv_bn_relu(channels, width, 1), _conv_bn_relu(width, width, 3)
+        )
         self.attend = nn.Conv2d(width, 1, 1)
         self.fuse = _conv_bn_relu(width + channels, channels, 1)
 
@@ -183,7 +191,9 @@ class FeatureInconsistencyAttention(nn.Module):
         encoding = self.encode(difference)
         return encoding, torch.sigmoid(self.attend(encoding))
 
-    def forward(self, difference: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, difference: torch.Tensor, student: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         encoding, attention = self.attention(difference)
         refined = self.fuse(torch.cat([encoding * attention, student], dim=1))
         return refined, attention
@@ -199,7 +209,9 @@ class Decoder(nn.Module):
 
     KINDS = ("upconv", "deconv")
 
-    def __init__(self, in_channels: int, skip_channels: tuple[int, int], width: int, kind: str) -> None:
+    def __init__(
+        self, in_channels: int, skip_channels: tuple[int, int], width: int, kind: str
+    ) -> None:
         super().__init__()
         if kind not in self.KINDS:
             raise UsageError(f"Unknown decoder '{kind}'; choose one of {self.KINDS}.")
@@ -213,9 +225,13 @@ class Decoder(nn.Module):
     def _up(cin: int, cout: int, kind: str) -> nn.Sequential:
         if kind == "deconv":
             return nn.Sequential(
-                nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             )
-        return nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), _conv_bn_relu(cin, cout, 3))
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2.0, mode="nearest"), _conv_bn_relu(cin, cout, 3)
+        )
 
     def forward(self, x: torch.Tensor, skips: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         for index, up in enumerate(self.ups):
@@ -231,7 +247,9 @@ class StageDifference(nn.Module):
     A module of its own so that its nodes carry a stable scope in the exported graph.
     """
 
-    def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         return [torch.abs(t - s) for t, s in zip(teacher, student)]
 
 
@@ -256,9 +274,13 @@ class FmabsNet(nn.Module):
             self.register_buffer(f"teacher_std_{index}", torch.ones(1, width, 1, 1))
         channels = self.teacher.channels
         if config.attention:
-            self.figa = nn.ModuleList([FeatureInconsistencyAttention(c, config.attention_width) for c in channels])
+            self.figa = nn.ModuleList(
+                [FeatureInconsistencyAttention(c, config.attention_width) for c in channels]
+            )
             self.fusion = _conv_bn_relu(sum(channels), channels[2], 1)
-        self.decoder = Decoder(channels[2], (channels[1], channels[0]), config.decoder_width, config.decoder)
+        self.decoder = Decoder(
+            channels[2], (channels[1], channels[0]), config.decoder_width, config.decoder
+        )
         self.register_buffer("input_mean", torch.tensor(config.input_mean).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(config.input_std).view(1, 3, 1, 1))
 
@@ -276,7 +298,11 @@ class FmabsNet(nn.Module):
         for x in batches:
             for index, feature in enumerate(self.teacher(x)):
                 values = feature.double()
-                stage = (values.sum(dim=(0, 2, 3)), (values**2).sum(dim=(0, 2, 3)), values[:, 0].numel())
+                stage = (
+                    values.sum(dim=(0, 2, 3)),
+                    (values**2).sum(dim=(0, 2, 3)),
+                    values[:, 0].numel(),
+                )
                 if index == len(sums):
                     sums.append(stage[0]), squares.append(stage[1]), counts.append(stage[2])
                 else:
@@ -293,7 +319,9 @@ class FmabsNet(nn.Module):
         """``(N, 3, S, S)`` float in 0..255 -> the backbone's input space."""
         return (images - self.input_mean) / self.input_std
 
-    def stage_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    def stage_features(
+        self, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Teacher stages, student stages and their absolute differences ``|T_l - S_l|``."""
         with torch.no_grad():
             teacher = self.teacher(x)
@@ -309,10 +337,15 @@ class FmabsNet(nn.Module):
         teacher, student, differences = self.stage_features(x)
         attention = None
         if self.config.attention:
-            refined, maps = zip(*[figa(d, s) for figa, d, s in zip(self.figa, differences, student)])
+            refined, maps = zip(
+                *[figa(d, s) for figa, d, s in zip(self.figa, differences, student)]
+            )
             # A static stride-16 size (not a traced shape): ONNX export needs a constant output size.
             side = self.config.image_size // 16
-            pooled = [F.adaptive_avg_pool2d(r, (side, side)) if r.shape[-1] != side else r for r in refined]
+            pooled = [
+                F.adaptive_avg_pool2d(r, (side, side)) if r.shape[-1] != side else r
+                for r in refined
+            ]
             bottleneck = self.fusion(torch.cat(pooled, dim=1))
             attention = maps[0]
         else:
@@ -341,7 +374,9 @@ def fmabs_loss(
     """
     reconstruction = outputs["reconstruction"]
     rec = F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
-    mimic = torch.stack([F.mse_loss(s, t) for s, t in zip(outputs["student"], outputs["teacher"])]).mean()
+    mimic = torch.stack(
+        [F.mse_loss(s, t) for s, t in zip(outputs["student"], outputs["teacher"])]
+    ).mean()
     total = weight_reconstruction * rec + weight_mimic * mimic
     parts = {"rec": float(rec.detach()), "fm": float(mimic.detach())}
     attention = outputs["attention"]
@@ -377,7 +412,9 @@ class AnomalyScorer(nn.Module):
     def __init__(self, scoring: ScoringConfig, stats: NormalisationStats, image_size: int) -> None:
         super().__init__()
         if scoring.reduction not in ScoringConfig.REDUCTIONS:
-            raise UsageError(f"reduction='{scoring.reduction}'; choose one of {ScoringConfig.REDUCTIONS}.")
+            raise UsageError(
+                f"reduction='{scoring.reduction}'; choose one of {ScoringConfig.REDUCTIONS}."
+            )
         if scoring.normalisation not in ScoringConfig.NORMALISATIONS:
             raise UsageError(
                 f"normalisation='{scoring.normalisation}'; choose one of {ScoringConfig.NORMALISATIONS}."
@@ -387,7 +424,9 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("rec_loc", torch.tensor(float(stats.reconstruction_loc)))
         self.register_buffer("rec_scale", torch.tensor(float(stats.reconstruction_scale)))
         self.register_buffer("inc_loc", torch.tensor([float(v) for v in stats.inconsistency_loc]))
-        self.register_buffer("inc_scale", torch.tensor([float(v) for v in stats.inconsistency_scale]))
+        self.register_buffer(
+            "inc_scale", torch.tensor([float(v) for v in stats.inconsistency_scale])
+        )
         self.smooth = scoring.sigma_px > 0
         if self.smooth:
             taps = gaussian_kernel_1d(scoring.sigma_px)
@@ -411,16 +450,26 @@ class AnomalyScorer(nn.Module):
         stages: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """Un-normalised reconstruction error ``E`` ``(N, 1, S, S)`` and, per stage in ``stages``
-        (default: the configured ones), the inconsistency ``mean_c |T_l - S_l|`` at ``(N, 1, S, S)``."""
+        (default: the configured ones), the inconsistency ``mean_c |T_l - S_l|`` at ``(N, 1, S, S)``.
+        """
         size = (self.image_size, self.image_size)
         error = None
         if reconstruction is not None:
             error = torch.mean(torch.abs(reconstruction - image), dim=1, keepdim=True)
         chosen = self.scoring.inconsistency_stages if stages is None else stages
-        inconsistencies = [
-            F.interpolate(differences[i].mean(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False)
-            for i in chosen
-        ] if differences else []
+        inconsistencies = (
+            [
+                F.interpolate(
+                    differences[i].mean(dim=1, keepdim=True),
+                    size=size,
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                for i in chosen
+            ]
+            if differences
+            else []
+        )
         return error, inconsistencies
 
     def forward(
@@ -433,19 +482,30 @@ class AnomalyScorer(nn.Module):
         error, inconsistencies = self.raw_components(image, reconstruction, differences)
         score_map = torch.zeros_like(image[:, :1])
         if self.needs_reconstruction and error is not None:
-            score_map = score_map + self.scoring.weight_reconstruction * (error - self.rec_loc) / self.rec_scale
+            score_map = (
+                score_map
+                + self.scoring.weight_reconstruction * (error - self.rec_loc) / self.rec_scale
+            )
         if self.needs_inconsistency and inconsistencies:
             stages = self.scoring.inconsistency_stages
-            normalised = [(m - self.inc_loc[i]) / self.inc_scale[i] for i, m in zip(stages, inconsistencies)]
+            normalised = [
+                (m - self.inc_loc[i]) / self.inc_scale[i] for i, m in zip(stages, inconsistencies)
+            ]
             inconsistency = torch.stack(normalised, dim=0).mean(dim=0)
             score_map = score_map + self.scoring.weight_inconsistency * inconsistency
         if attention is not None:
             size = (self.image_size, self.image_size)
-            score_map = score_map * (1.0 + F.interpolate(attention, size=size, mode="bilinear", align_corners=False))
+            score_map = score_map * (
+                1.0 + F.interpolate(attention, size=size, mode="bilinear", align_corners=False)
+            )
         if self.smooth:
             pad = self.kernel_h.shape[-1] // 2
-            score_map = F.conv2d(F.pad(score_map, (pad, pad, 0, 0), mode="replicate"), self.kernel_h)
-            score_map = F.conv2d(F.pad(score_map, (0, 0, pad, pad), mode="replicate"), self.kernel_v)
+            score_map = F.conv2d(
+                F.pad(score_map, (pad, pad, 0, 0), mode="replicate"), self.kernel_h
+            )
+            score_map = F.conv2d(
+                F.pad(score_map, (0, 0, pad, pad), mode="replicate"), self.kernel_v
+            )
         flat = score_map.flatten(1)
         if self.scoring.reduction == "max":
             image_score = flat.max(dim=1).values
@@ -491,7 +551,9 @@ class DeployModel(nn.Module):
         else:
             _, _, differences = self.net.stage_features(x)
             reconstruction = None
-            attention = self.net.figa[0].attention(differences[0])[1] if self.use_attention else None
+            attention = (
+                self.net.figa[0].attention(differences[0])[1] if self.use_attention else None
+            )
         return x, reconstruction, differences, attention
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

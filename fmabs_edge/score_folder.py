@@ -24,7 +24,16 @@ from fmabs_edge.runtime.runners import Runner
 
 logger = logging.getLogger(__name__)
 
-RESULTS_COLUMNS = ("file", "image_score", "decision", "reason", "threshold", "model_hash", "width", "height")
+RESULTS_COLUMNS = (
+    "file",
+    "image_score",
+    "decision",
+    "reason",
+    "threshold",
+    "model_hash",
+    "width",
+    "height",
+)
 
 
 @dataclass
@@ -38,7 +47,9 @@ class ScoredBatch:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def score_files(runner: Runner, files: list[Path], batch_size: int = 8, keep_maps: bool = False) -> ScoredBatch:
+def score_files(
+    runner: Runner, files: list[Path], batch_size: int = 8, keep_maps: bool = False
+) -> ScoredBatch:
     """Score ``files`` in batches; maps ``(S, S) float32`` are kept only when asked."""
     result = ScoredBatch()
     for decoded_batch, frames, skipped in iterate_batches(runner, files, batch_size):
@@ -46,7 +57,9 @@ def score_files(runner: Runner, files: list[Path], batch_size: int = 8, keep_map
         if frames is None:
             continue
         output = runner.infer(frames)
-        for (path, size), score, score_map in zip(decoded_batch, output.image_score, output.anomaly_map):
+        for (path, size), score, score_map in zip(
+            decoded_batch, output.image_score, output.anomaly_map
+        ):
             result.files.append(path)
             result.scores.append(float(score))
             result.sizes.append(size)
@@ -99,15 +112,23 @@ def collect_files(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         item = Path(item)
-        files.extend(list_images(item, recursive=True) if item.is_dir() else ([item] if item.exists() else list_images(item)))
+        files.extend(
+            list_images(item, recursive=True)
+            if item.is_dir()
+            else ([item] if item.exists() else list_images(item))
+        )
     return files
 
 
 def overlay_png(rgb: np.ndarray, score_map: np.ndarray, threshold: float) -> bytes:
     """A heatmap over the image at its own size, red where the map exceeds the threshold scale."""
     height, width = rgb.shape[:2]
-    resized = cv2.resize(score_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    scale = threshold if np.isfinite(threshold) and threshold > 0 else float(np.nanmax(resized)) or 1.0
+    resized = cv2.resize(
+        score_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+    )
+    scale = (
+        threshold if np.isfinite(threshold) and threshold > 0 else float(np.nanmax(resized)) or 1.0
+    )
     heat = np.clip(np.nan_to_num(resized / (2.0 * scale), nan=1.0) * 255.0, 0, 255).astype(np.uint8)
     colored = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     blended = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 0.5, colored, 0.5, 0.0)
@@ -132,11 +153,23 @@ def score_paths(
     scored = score_files(runner, files, batch_size=batch_size, keep_maps=save_maps)
 
     rows, n_rejected = [], 0
-    for index, (path, score, (width, height)) in enumerate(zip(scored.files, scored.scores, scored.sizes)):
+    for index, (path, score, (width, height)) in enumerate(
+        zip(scored.files, scored.scores, scored.sizes)
+    ):
         reject, reason = runner.metadata.decide(score, limit)
         n_rejected += int(reject)
-        rows.append([str(path), f"{score:.6g}", "reject" if reject else "pass", reason, f"{limit:.6g}",
-                     runner.model_hash, width, height])
+        rows.append(
+            [
+                str(path),
+                f"{score:.6g}",
+                "reject" if reject else "pass",
+                reason,
+                f"{limit:.6g}",
+                runner.model_hash,
+                width,
+                height,
+            ]
+        )
         if save_maps:
             rgb = load_image(path).rgb
             name = f"{index:05d}_{path.stem}_overlay.png"
@@ -149,6 +182,12 @@ def score_paths(
     results_csv = out_dir / "results.csv"
     write_text_atomic(results_csv, buffer.getvalue())
     if scored.skipped:
-        logger.warning("Skipped %d unreadable files: %s", len(scored.skipped), ", ".join(str(p) for p, _ in scored.skipped))
-    logger.info("Scored %d files, skipped %d, rejected %d", len(rows), len(scored.skipped), n_rejected)
+        logger.warning(
+            "Skipped %d unreadable files: %s",
+            len(scored.skipped),
+            ", ".join(str(p) for p, _ in scored.skipped),
+        )
+    logger.info(
+        "Scored %d files, skipped %d, rejected %d", len(rows), len(scored.skipped), n_rejected
+    )
     return FolderSummary(len(rows), len(scored.skipped), n_rejected, results_csv, scored.skipped)

@@ -26,7 +26,9 @@ def parse_rate(text: str | float) -> float:
     try:
         rate = float(value_text[:-1]) / 100.0 if value_text.endswith("%") else float(value_text)
     except ValueError as err:
-        raise UsageError(f"False-reject rate '{text}' is not a number; write e.g. 0.5% or 0.005.") from err
+        raise UsageError(
+            f"False-reject rate '{text}' is not a number; write e.g. 0.5% or 0.005."
+        ) from err
     if not 0.0 <= rate < 1.0:
         raise UsageError(f"False-reject rate {text} must lie in [0, 1) (e.g. 0.5% or 0.005).")
     return rate
@@ -46,7 +48,9 @@ def fit_threshold(good_scores: np.ndarray, max_false_reject: float) -> tuple[flo
     allowed = int(math.floor(max_false_reject * n + 1e-9))
     ordered = np.sort(scores)[::-1]
     threshold = float(ordered[min(allowed, n - 1)])
-    rule = f"max-false-reject {max_false_reject:g} on {n} good images: {allowed + 1}-th highest score"
+    rule = (
+        f"max-false-reject {max_false_reject:g} on {n} good images: {allowed + 1}-th highest score"
+    )
     if allowed == 0:
         rule += " (the maximum; the rate cannot be resolved below 1/n)"
         if max_false_reject > 0:
@@ -81,7 +85,9 @@ def refit_threshold(
         scored = score_files(runner, files, batch_size=batch_size)
         old = runner.metadata.threshold
     if not scored.scores:
-        raise DataError(f"None of the {len(files)} images in {good} could be read; nothing to fit on.")
+        raise DataError(
+            f"None of the {len(files)} images in {good} could be read; nothing to fit on."
+        )
     threshold, rule = fit_threshold(np.array(scored.scores), max_false_reject)
     write_operating_point(Path(model), threshold, rule, len(scored.scores))
     logger.info("Threshold %s -> %s (%s)", old, threshold, rule)
@@ -99,7 +105,12 @@ def write_operating_point(path: Path, threshold: float, rule: str, n_images: int
     """Rewrite the threshold in an artefact's metadata, atomically, leaving its graph untouched."""
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from fmabs_edge.artefacts import load_onnx, read_metadata, write_bytes_atomic, write_metadata
+        from fmabs_edge.artefacts import (
+            load_onnx,
+            read_metadata,
+            write_bytes_atomic,
+            write_metadata,
+        )
 
         model = load_onnx(path)
         metadata = read_metadata(model, str(path))
@@ -115,5 +126,7 @@ def write_operating_point(path: Path, threshold: float, rule: str, n_images: int
 
         update_manifest_operating_point(path, threshold=threshold, threshold_rule=rule)
     else:
-        raise UsageError(f"Cannot store a threshold in {path}: expected a .pt, .onnx or .engine file.")
+        raise UsageError(
+            f"Cannot store a threshold in {path}: expected a .pt, .onnx or .engine file."
+        )
     logger.debug("Wrote threshold %s to %s (%d images)", threshold, path, n_images)

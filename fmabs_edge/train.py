@@ -119,17 +119,27 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_normalisation(net: FmabsNet, scoring: ScoringConfig, images: np.ndarray, batch_size: int) -> NormalisationStats:
+def fit_normalisation(
+    net: FmabsNet, scoring: ScoringConfig, images: np.ndarray, batch_size: int
+) -> NormalisationStats:
     """Mean/std over all pixels of the held-out normal images, of the reconstruction error and of
     each stage's inconsistency (all stages, whichever the scoring uses)."""
-    probe = DeployModel(net, ScoringConfig(**{**scoring.__dict__, "weight_reconstruction": 1.0}), NormalisationStats())
+    probe = DeployModel(
+        net,
+        ScoringConfig(**{**scoring.__dict__, "weight_reconstruction": 1.0}),
+        NormalisationStats(),
+    )
     probe.eval()
     n_stages = len(net.teacher.channels)
-    moments = np.zeros((1 + n_stages, 3))  # rows: error, stage 0..; columns: sum, sum of squares, count
+    moments = np.zeros(
+        (1 + n_stages, 3)
+    )  # rows: error, stage 0..; columns: sum, sum of squares, count
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(images[start : start + batch_size])
         x, reconstruction, differences, _ = probe.components(chunk)
-        error, stages = probe.scoring.raw_components(x, reconstruction, differences, tuple(range(n_stages)))
+        error, stages = probe.scoring.raw_components(
+            x, reconstruction, differences, tuple(range(n_stages))
+        )
         for row, values in enumerate([error, *stages]):
             values = values.double()
             moments[row] += (float(values.sum()), float((values**2).sum()), values.numel())
@@ -148,11 +158,16 @@ def fit_normalisation(net: FmabsNet, scoring: ScoringConfig, images: np.ndarray,
 @torch.no_grad()
 def score_images(deploy: DeployModel, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Image scores ``(N,)`` of preprocessed ``(N, S, S, 3) uint8`` images."""
-    scores = [deploy(torch.from_numpy(images[i : i + batch_size]))[1] for i in range(0, len(images), batch_size)]
+    scores = [
+        deploy(torch.from_numpy(images[i : i + batch_size]))[1]
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(scores).numpy()
 
 
-def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = None) -> TrainResult:
+def train(
+    data: str | Path, out_dir: str | Path, options: TrainOptions | None = None
+) -> TrainResult:
     """Train on the normal images in ``data`` and write ``out_dir/model.pt``."""
     options = options or TrainOptions()
     options.validate()
@@ -160,7 +175,9 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
     folder = resolve_train_folder(data)
     files = list_images(folder)
     if len(files) < 2:
-        raise DataError(f"{folder} has {len(files)} image; training needs at least 2 (one is held out).")
+        raise DataError(
+            f"{folder} has {len(files)} image; training needs at least 2 (one is held out)."
+        )
 
     # Split once, by seed, before reading: the held-out files never train.
     rng = np.random.default_rng(options.seed)
@@ -170,7 +187,9 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
     train_files = [files[i] for i in sorted(order[n_val:])]
     if options.max_train_images is not None:
         train_files = train_files[: options.max_train_images]
-    logger.info("Training on %d images from %s, holding out %d", len(train_files), folder, len(val_files))
+    logger.info(
+        "Training on %d images from %s, holding out %d", len(train_files), folder, len(val_files)
+    )
     train_images, train_files, skipped_train = load_normal_images(train_files, options.image_size)
     val_images, val_files, skipped_val = load_normal_images(val_files, options.image_size)
 
@@ -190,9 +209,13 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
     weights = options.teacher_weights or default_teacher_weights(options.backbone)
     net = FmabsNet(config, teacher_weights=Path(weights))
     trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
+    optimizer = torch.optim.Adam(
+        trainable, lr=options.learning_rate, weight_decay=options.weight_decay
+    )
     steps_per_epoch = math.ceil(len(train_images) / options.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=options.epochs * steps_per_epoch
+    )
     start_epoch, history = 0, []
     last_path = out_dir / "last.pt"
     if options.resume and last_path.is_file():
@@ -224,7 +247,11 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
                 x = net.normalise(_augment(data_tensor[index], generator))
                 outputs = net(x)
                 loss, parts = fmabs_loss(
-                    outputs, x, options.weight_reconstruction, options.weight_mimic, options.weight_attention
+                    outputs,
+                    x,
+                    options.weight_reconstruction,
+                    options.weight_mimic,
+                    options.weight_attention,
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -233,7 +260,9 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + value
                 shown = " ".join(f"{k}={v / (step + 1):.4g}" for k, v in totals.items())
-                progress.update(task, advance=1, description=f"epoch {epoch + 1}/{options.epochs} {shown}")
+                progress.update(
+                    task, advance=1, description=f"epoch {epoch + 1}/{options.epochs} {shown}"
+                )
         record = {k: v / steps_per_epoch for k, v in totals.items()} | {"epoch": epoch + 1}
         history.append(record)
         logger.info("epoch %d: %s", epoch + 1, {k: round(v, 5) for k, v in record.items()})
@@ -273,7 +302,11 @@ def train(data: str | Path, out_dir: str | Path, options: TrainOptions | None = 
             "epochs": options.epochs,
             "batch_size": options.batch_size,
             "learning_rate": options.learning_rate,
-            "loss_weights": [options.weight_reconstruction, options.weight_mimic, options.weight_attention],
+            "loss_weights": [
+                options.weight_reconstruction,
+                options.weight_mimic,
+                options.weight_attention,
+            ],
             "seed": options.seed,
             "teacher_weights": str(weights),
             "train_seconds": round(train_seconds, 1),

@@ -54,7 +54,9 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_threads else "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spin_threads else "0"
+        )
         try:
             session = ort.InferenceSession(
                 model.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"]

@@ -57,20 +57,28 @@ def _check_complete(path: Path, data: bytes) -> None:
     """Reject truncated JPEG/PNG files that decoders would silently complete with filler."""
     if data[:2] == b"\xff\xd8":
         if b"\xff\xd9" not in data[-1024:]:
-            raise CorruptImageError(f"{path}: truncated JPEG (no end-of-image marker); re-export or remove it.")
+            raise CorruptImageError(
+                f"{path}: truncated JPEG (no end-of-image marker); re-export or remove it."
+            )
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         if b"IEND" not in data[-64:]:
-            raise CorruptImageError(f"{path}: truncated PNG (no IEND chunk); re-export or remove it.")
+            raise CorruptImageError(
+                f"{path}: truncated PNG (no IEND chunk); re-export or remove it."
+            )
 
 
 def decode_image_bytes(data: bytes, path: Path) -> DecodedImage:
     """Decode encoded image bytes and apply the conversion policy; ``path`` names it in errors."""
     if not data:
-        raise CorruptImageError(f"{path}: empty file (0 bytes); remove it or replace it with the real image.")
+        raise CorruptImageError(
+            f"{path}: empty file (0 bytes); remove it or replace it with the real image."
+        )
     _check_complete(path, data)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise CorruptImageError(f"{path}: not a decodable image (corrupt, or another format with this name).")
+        raise CorruptImageError(
+            f"{path}: not a decodable image (corrupt, or another format with this name)."
+        )
     return convert_to_rgb8(image, path)
 
 
@@ -81,7 +89,9 @@ def convert_to_rgb8(image: np.ndarray, path: Path) -> DecodedImage:
         image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
         notes.append("16-bit->8-bit")
     elif image.dtype != np.uint8:
-        raise CorruptImageError(f"{path}: unsupported pixel type {image.dtype}; convert it to 8- or 16-bit.")
+        raise CorruptImageError(
+            f"{path}: unsupported pixel type {image.dtype}; convert it to 8- or 16-bit."
+        )
     if image.ndim == 2:
         rgb = np.repeat(image[:, :, None], 3, axis=2)
         notes.append("grayscale->RGB")
@@ -97,7 +107,9 @@ def convert_to_rgb8(image: np.ndarray, path: Path) -> DecodedImage:
         rgb = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
         notes.append("RGBA->RGB (alpha dropped)")
     else:
-        raise CorruptImageError(f"{path}: unsupported image layout {image.shape}; expected 1 to 4 channels.")
+        raise CorruptImageError(
+            f"{path}: unsupported image layout {image.shape}; expected 1 to 4 channels."
+        )
     conversion = ", ".join(notes)
     if conversion:
         logger.debug("%s: converted %s", path, conversion)

@@ -40,7 +40,9 @@ class Runner(abc.ABC):
 
     backend: ClassVar[str] = ""
 
-    def __init__(self, path: Path, metadata: ModelMetadata, input_hw: tuple[int, int], max_batch: int | None):
+    def __init__(
+        self, path: Path, metadata: ModelMetadata, input_hw: tuple[int, int], max_batch: int | None
+    ):
         self.path = Path(path)
         self.metadata = metadata
         #: (height, width) every frame given to :meth:`infer` must have.
@@ -149,4 +151,3 @@ def load_runner(path: str | Path, backend: str | None = None, **options: Any) ->
     runner = runner_class.open(path, **options)
     logger.info("Opened %s with the %s backend", path, name)
     return runner
-

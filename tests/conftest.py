@@ -36,7 +36,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not SHARED_DATASETS.is_dir():
         reasons["data"] = f"needs the real datasets at {SHARED_DATASETS}, which is absent"
     if importlib.util.find_spec("tensorrt") is None:
-        reasons["trt"] = "needs TensorRT (pip install 'fmabs-edge[trt]' on a GPU machine); not installed here"
+        reasons["trt"] = (
+            "needs TensorRT (pip install 'fmabs-edge[trt]' on a GPU machine); not installed here"
+        )
     if not _cuda_available():
         reasons["gpu"] = "needs a CUDA GPU; none is visible here"
     for item in items:
@@ -56,7 +58,9 @@ def synthetic_category(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fmabs_edge.demo import make_synthetic_category
 
     root = tmp_path_factory.mktemp("synthetic") / "category"
-    return make_synthetic_category(root, n_train=24, n_test_good=6, n_test_defect=9, size=64, seed=0)
+    return make_synthetic_category(
+        root, n_train=24, n_test_good=6, n_test_defect=9, size=64, seed=0
+    )
 
 
 @pytest.fixture(scope="session")
