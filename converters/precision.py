@@ -383,12 +383,14 @@ def read_float_in(model: onnx.ModelProto, float_nodes: set[str]) -> int:
 
 
 def _prune_unread_qdq(graph: onnx.GraphProto) -> None:
+    """Remove Q/DQ and Constant nodes nobody reads (the quantiser folds ReLU/Clip into ranges on
+    the cpu target and leaves their bound Constants behind), then unread initializers."""
     outputs = {o.name for o in graph.output}
     while True:
         read = {name for node in graph.node for name in node.input} | outputs
         dead = [
             node for node in graph.node
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(node.output) & read
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant") and not set(node.output) & read
         ]
         if not dead:
             break

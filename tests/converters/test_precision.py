@@ -127,6 +127,8 @@ def test_int8_for_the_cpu_is_fp32_with_7_bit_weights_and_reuses_the_calibration(
     assert report.calibration["reduce_range"] is True and report.calibration["biases"] == "int32"
     assert report.calibration["cache"]["hit"] is True  # same graph, images, method and batch as int8-trt
     assert lint_qdq(model, target="cpu") == []
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    assert not [node.name for node in model.graph.node if not set(node.output) & read]
     # Its UINT8 activations and INT32 biases are ONNX Runtime's fast path, not TensorRT's form.
     assert {"int8", "bias-float"} <= {v.rule for v in lint_qdq(model, target="trt")}
 
