@@ -55,7 +55,9 @@ def load_frames(model_path: Path, images: Path | None, count: int = 16) -> list[
         return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def profile_ops(path: Path, frame: np.ndarray, runs: int = 30, threads: int | None = None) -> list[tuple[str, float]]:
+def profile_ops(
+    path: Path, frame: np.ndarray, runs: int = 30, threads: int | None = None
+) -> list[tuple[str, float]]:
     """Share of node time per op type over ``runs`` batch-1 runs, largest first."""
     import onnxruntime as ort
 
@@ -91,30 +93,48 @@ def run(
     if "fp32" not in variants:
         raise UsageError("Give the FP32 file (--fp32): the ratios are against it.")
     frames = load_frames(variants["fp32"], images)
-    runners = {name: OrtRunner.open(path, intra_op_threads=threads, spin_threads=False)
-               for name, path in variants.items()}
+    runners = {
+        name: OrtRunner.open(path, intra_op_threads=threads, spin_threads=False)
+        for name, path in variants.items()
+    }
     try:
-        timed = [TimedVariant(name=name, runner=runner, info={"artefact": str(variants[name]), "precision": name})
-                 for name, runner in runners.items()]
-        records = measure(timed, frames, batch_sizes=(1,), warmup=warmup, iterations=iterations,
-                          block_iterations=20)
+        timed = [
+            TimedVariant(
+                name=name, runner=runner, info={"artefact": str(variants[name]), "precision": name}
+            )
+            for name, runner in runners.items()
+        ]
+        records = measure(
+            timed,
+            frames,
+            batch_sizes=(1,),
+            warmup=warmup,
+            iterations=iterations,
+            block_iterations=20,
+        )
     finally:
         for runner in runners.values():
             runner.close()
     by_name = {record["variant"]: record for record in records}
     base = by_name["fp32"]["infer_ms_p50"]
     ratios = {name: base / record["infer_ms_p50"] for name, record in by_name.items()}
-    profiles = {name: profile_ops(path, frames[0], threads=threads) for name, path in variants.items()}
+    profiles = {
+        name: profile_ops(path, frames[0], threads=threads) for name, path in variants.items()
+    }
     return {"records": records, "speedup_vs_fp32": ratios, "profiles": profiles}
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"{'variant':<10} {'infer p50':>10} {'p90':>8} {'p99':>8} {'latency p50':>12} {'x FP32':>7}  (ms, batch 1)")
+    print(
+        f"{'variant':<10} {'infer p50':>10} {'p90':>8} {'p99':>8} {'latency p50':>12} {'x FP32':>7}  (ms, batch 1)"
+    )
     for record in result["records"]:
         name = record["variant"]
-        print(f"{name:<10} {record['infer_ms_p50']:>10.2f} {record['infer_ms_p90']:>8.2f} "
-              f"{record['infer_ms_p99']:>8.2f} {record['latency_ms_p50']:>12.2f} "
-              f"{result['speedup_vs_fp32'][name]:>7.2f}")
+        print(
+            f"{name:<10} {record['infer_ms_p50']:>10.2f} {record['infer_ms_p90']:>8.2f} "
+            f"{record['infer_ms_p99']:>8.2f} {record['latency_ms_p50']:>12.2f} "
+            f"{result['speedup_vs_fp32'][name]:>7.2f}"
+        )
     for name, ops in result["profiles"].items():
         shown = ", ".join(f"{op} {share:.0%}" for op, share in ops[:5])
         print(f"profile {name}: {shown}")
@@ -127,15 +147,25 @@ def _print(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name in ("fp32", "fp16", "int8", "int8_trt"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=Path, default=None, help=f"{name} ONNX file")
-    parser.add_argument("--images", type=Path, default=None, help="folder of normal images [training images]")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=Path, default=None, help=f"{name} ONNX file"
+        )
+    parser.add_argument(
+        "--images", type=Path, default=None, help="folder of normal images [training images]"
+    )
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads [ONNX Runtime's default]")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads [ONNX Runtime's default]"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    variants = {name: getattr(args, name) for name in ("fp32", "fp16", "int8", "int8_trt") if getattr(args, name)}
+    variants = {
+        name: getattr(args, name)
+        for name in ("fp32", "fp16", "int8", "int8_trt")
+        if getattr(args, name)
+    }
     result = run(variants, args.images, args.iterations, args.warmup, args.threads)
     _print(result)
     if args.json:

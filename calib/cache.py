@@ -134,7 +134,9 @@ class CalibrationCache:
         """Record ``key`` beside ranges the quantiser has just written to ``lookup.ranges_path``."""
         key_path, _ = self._paths(key)
         if not lookup.ranges_path.is_file():
-            logger.warning("The quantiser wrote no ranges to %s; nothing cached", lookup.ranges_path)
+            logger.warning(
+                "The quantiser wrote no ranges to %s; nothing cached", lookup.ranges_path
+            )
             return
         write_text_atomic(key_path, json.dumps(key.to_dict(), indent=2, sort_keys=True))
         logger.info("Cached calibration ranges: %s", lookup.ranges_path)

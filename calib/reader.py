@@ -84,7 +84,9 @@ def _evenly_spaced(files: list[Path], limit: int | None) -> list[Path]:
 
 
 def calibration_files(
-    metadata: ModelMetadata, folder: str | Path | None = None, max_images: int | None = DEFAULT_MAX_IMAGES
+    metadata: ModelMetadata,
+    folder: str | Path | None = None,
+    max_images: int | None = DEFAULT_MAX_IMAGES,
 ) -> tuple[list[Path], str, int]:
     """Sorted calibration files, their source and the number of held-out files left out.
 
@@ -130,7 +132,9 @@ def load_calibration_set(
     ``min_images`` readable images.
     """
     if not files:
-        raise DataError(f"No calibration images in {source or 'the given list'}; give a folder of normal images.")
+        raise DataError(
+            f"No calibration images in {source or 'the given list'}; give a folder of normal images."
+        )
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     images: list[np.ndarray] = []
     kept: list[Path] = []
@@ -157,7 +161,9 @@ def load_calibration_set(
     if skipped:
         logger.warning(
             "Skipped %d of %d calibration files (corrupt, unreadable or missing), e.g. %s",
-            len(skipped), len(files), skipped[0][1],
+            len(skipped),
+            len(files),
+            skipped[0][1],
         )
     if not kept:
         raise DataError(
@@ -167,7 +173,8 @@ def load_calibration_set(
     if len(kept) < min_images:
         logger.warning(
             "Only %d readable calibration images (at least %d recommended); INT8 ranges may be noisy.",
-            len(kept), min_images,
+            len(kept),
+            min_images,
         )
     return CalibrationSet(
         files=kept,
@@ -187,7 +194,9 @@ class CalibrationReader:
     Implements ``get_next`` as ``onnxruntime.quantization.CalibrationDataReader`` expects.
     """
 
-    def __init__(self, calibration: CalibrationSet, batch_size: int = 8, input_name: str = INPUT_NAME) -> None:
+    def __init__(
+        self, calibration: CalibrationSet, batch_size: int = 8, input_name: str = INPUT_NAME
+    ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size={batch_size}: must be at least 1.")
         self.calibration = calibration
@@ -206,7 +215,11 @@ class CalibrationReader:
         if start >= self._stop:
             return None
         self._next = start + self.batch_size
-        return {self.input_name: self.calibration.images[start : min(start + self.batch_size, self._stop)]}
+        return {
+            self.input_name: self.calibration.images[
+                start : min(start + self.batch_size, self._stop)
+            ]
+        }
 
     def __iter__(self):
         self.rewind()

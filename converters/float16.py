@@ -38,7 +38,15 @@ FP16_MAX = 65504.0
 FP32_ONLY_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2), "Upsample": (1,)}
 #: Ops whose float output type comes from an attribute this pass does not rewrite; kept FP32.
 _DTYPE_ATTRIBUTE_OPS = frozenset(
-    {"EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+    {
+        "EyeLike",
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "Bernoulli",
+        "Multinomial",
+    }
 )
 #: Opset at which QuantizeLinear/DequantizeLinear accept FP16 inputs and scales.
 QDQ_FP16_OPSET = 19
@@ -123,7 +131,10 @@ def _requantise_weights(graph: onnx.GraphProto, fp32_nodes: set[str]) -> dict[st
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.name in fp32_nodes:
             continue
         scale_name = node.input[1]
-        if scale_name not in initializers or initializers[scale_name].data_type != TensorProto.FLOAT:
+        if (
+            scale_name not in initializers
+            or initializers[scale_name].data_type != TensorProto.FLOAT
+        ):
             continue
         scale = numpy_helper.to_array(initializers[scale_name])
         scale16 = scales.setdefault(scale_name, fp16_scale(scale))
@@ -134,14 +145,18 @@ def _requantise_weights(graph: onnx.GraphProto, fp32_nodes: set[str]) -> dict[st
         if np.all(ratio == 1.0):
             continue
         if readers.get(node.input[0], 0) != 1:
-            raise ModelError(f"INT8 weight '{node.input[0]}' is shared by several nodes; cannot rescale it to FP16.")
+            raise ModelError(
+                f"INT8 weight '{node.input[0]}' is shared by several nodes; cannot rescale it to FP16."
+            )
         values = numpy_helper.to_array(data)
         if ratio.ndim == 1 and ratio.size > 1:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % values.ndim
             shape = [1] * values.ndim
             shape[axis] = ratio.size
             ratio = ratio.reshape(shape)
-        requantised = np.clip(np.round(values.astype(np.float32) * ratio), -127, 127).astype(np.int8)
+        requantised = np.clip(np.round(values.astype(np.float32) * ratio), -127, 127).astype(
+            np.int8
+        )
         data.CopyFrom(numpy_helper.from_array(requantised, data.name))
     return scales
 
@@ -164,7 +179,9 @@ def _upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     return upgraded
 
 
-def convert_to_mixed_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> tuple[onnx.ModelProto, Fp16Report]:
+def convert_to_mixed_fp16(
+    model: onnx.ModelProto, keep_fp32: set[str]
+) -> tuple[onnx.ModelProto, Fp16Report]:
     """Return a copy of ``model`` computing in FP16 outside the nodes named in ``keep_fp32``.
 
     Raises ModelError when the result fails ONNX's checker or type inference.
@@ -273,7 +290,9 @@ def convert_to_mixed_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> tuple[
 
     # Contract outputs made in FP16 are cast back to FP32 under their own names.
     for name, inner in renamed.items():
-        cast_back = helper.make_node("Cast", [inner], [name], name=f"fmabs.cast/{name}->fp32", to=TensorProto.FLOAT)
+        cast_back = helper.make_node(
+            "Cast", [inner], [name], name=f"fmabs.cast/{name}->fp32", to=TensorProto.FLOAT
+        )
         new_nodes.append(cast_back)
         report.casts_inserted += 1
 
@@ -285,11 +304,14 @@ def convert_to_mixed_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> tuple[
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise ModelError(f"The mixed FP16 graph is inconsistent ({err}); report this with the ONNX file.") from err
+        raise ModelError(
+            f"The mixed FP16 graph is inconsistent ({err}); report this with the ONNX file."
+        ) from err
     if report.saturated_constants:
         logger.warning(
             "%d constants exceed the FP16 range and were clamped to +-65504: %s",
-            len(report.saturated_constants), ", ".join(report.saturated_constants[:5]),
+            len(report.saturated_constants),
+            ", ".join(report.saturated_constants[:5]),
         )
     return model, report
 

@@ -48,7 +48,9 @@ class GateCriteria:
 
     def validate(self) -> None:
         if not 0.0 <= self.max_metric_delta <= 1.0:
-            raise UsageError(f"max_metric_delta={self.max_metric_delta}: must be within 0..1 (e.g. 0.01).")
+            raise UsageError(
+                f"max_metric_delta={self.max_metric_delta}: must be within 0..1 (e.g. 0.01)."
+            )
         if not 0.0 <= self.min_decision_agreement <= 1.0:
             raise UsageError(
                 f"min_decision_agreement={self.min_decision_agreement}: must be within 0..1 (e.g. 0.98)."
@@ -120,7 +122,9 @@ class ReferenceOrtRunner(OrtRunner):
         options.add_session_config_entry(*DISABLE_QDQ_FUSION)
         options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load this graph ({err}).") from err
         runner = cls(path, session, metadata, input_hw(model))
@@ -146,8 +150,11 @@ def _heldout(metadata_training: dict[str, Any]) -> list[Path]:
     files = [Path(p) for p in metadata_training.get("heldout_files", [])]
     present = [p for p in files if p.is_file()]
     if len(present) < len(files):
-        logger.warning("%d of %d held-out images are missing here; the false-reject rate uses the rest",
-                       len(files) - len(present), len(files))
+        logger.warning(
+            "%d of %d held-out images are missing here; the false-reject rate uses the rest",
+            len(files) - len(present),
+            len(files),
+        )
     return present
 
 
@@ -169,7 +176,11 @@ def score_reference(
 
 
 def _compare_set(
-    name: str, reference: Predictions, variant: Predictions, threshold: float, criteria: GateCriteria
+    name: str,
+    reference: Predictions,
+    variant: Predictions,
+    threshold: float,
+    criteria: GateCriteria,
 ) -> tuple[dict[str, Any], list[str], int, int]:
     """Numbers for one test set; returns (record, failures, agreeing decisions, images)."""
     by_file = {s.image: i for i, s in enumerate(variant.samples)}
@@ -180,7 +191,9 @@ def _compare_set(
     files = [str(reference.samples[i].image) for i in common]
 
     finite_maps = np.isfinite(variant.maps.reshape(len(variant.samples), -1)).all(axis=1)[var_index]
-    nonfinite = [f for f, s, ok in zip(files, var_scores, finite_maps) if not np.isfinite(s) or not ok]
+    nonfinite = [
+        f for f, s, ok in zip(files, var_scores, finite_maps) if not np.isfinite(s) or not ok
+    ]
     agree = _rejected(ref_scores, threshold) == _rejected(var_scores, threshold)
     flipped = [f for f, same in zip(files, agree) if not same]
     finite = np.isfinite(var_scores)
@@ -197,7 +210,9 @@ def _compare_set(
     }
     failures = []
     if nonfinite:
-        failures.append(f"{name}: {len(nonfinite)} images with non-finite scores or maps ({', '.join(nonfinite[:3])})")
+        failures.append(
+            f"{name}: {len(nonfinite)} images with non-finite scores or maps ({', '.join(nonfinite[:3])})"
+        )
     reference_metrics = _metrics(reference)
     variant_metrics = _metrics(variant) if not nonfinite else dict.fromkeys(METRICS)
     for metric in METRICS:
@@ -207,8 +222,10 @@ def _compare_set(
         record[metric] = after
         record[f"delta_{metric}"] = delta
         if delta is not None and abs(delta) > criteria.max_metric_delta:
-            failures.append(f"{name}: {metric} {after:.4f} vs FP32 {before:.4f} (|delta| {abs(delta):.4f} > "
-                             f"{criteria.max_metric_delta})")
+            failures.append(
+                f"{name}: {metric} {after:.4f} vs FP32 {before:.4f} (|delta| {abs(delta):.4f} > "
+                f"{criteria.max_metric_delta})"
+            )
     return record, failures, int(agree.sum()), len(agree)
 
 
@@ -233,8 +250,9 @@ def gate_variant(
     with opener(variant_path) as runner:
         for name, ref_predictions in reference.datasets.items():
             predictions = predict_samples(runner, ref_predictions.samples, batch_size)
-            record, failures, same, count = _compare_set(name, ref_predictions, predictions,
-                                                         reference.threshold, criteria)
+            record, failures, same, count = _compare_set(
+                name, ref_predictions, predictions, reference.threshold, criteria
+            )
             report.datasets[name] = record
             report.failures.extend(failures)
             agreeing, total = agreeing + same, total + count
@@ -249,10 +267,15 @@ def gate_variant(
                 "fp32_false_reject_rate": float(ref_rejected.mean()),
                 "false_reject_rate": float(var_rejected.mean()),
                 "decision_agreement": same / len(ref_rejected),
-                "score_abs_diff_max": float(np.max(np.abs(variant_scores - reference.heldout_scores))),
+                "score_abs_diff_max": float(
+                    np.max(np.abs(variant_scores - reference.heldout_scores))
+                ),
             }
     report.decision_agreement = agreeing / total if total else None
-    if report.decision_agreement is not None and report.decision_agreement < criteria.min_decision_agreement:
+    if (
+        report.decision_agreement is not None
+        and report.decision_agreement < criteria.min_decision_agreement
+    ):
         report.failures.append(
             f"decision agreement with FP32 {report.decision_agreement:.4f} < {criteria.min_decision_agreement} "
             f"({total - agreeing} of {total} decisions flipped)"

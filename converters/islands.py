@@ -40,14 +40,19 @@ class GraphIndex:
     def __init__(self, model: onnx.ModelProto) -> None:
         graph = model.graph
         for node in graph.node:
-            if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+            if any(
+                attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                for attr in node.attribute
+            ):
                 raise ModelError(
                     f"Node '{node.name}' ({node.op_type}) holds a subgraph; fmabs-edge graphs have none. "
                     "Export the model with 'fmabs-edge export'."
                 )
         self.nodes: list[onnx.NodeProto] = list(graph.node)
         self.constants: set[str] = {init.name for init in graph.initializer}
-        self.constants.update(out for n in graph.node if n.op_type == "Constant" for out in n.output)
+        self.constants.update(
+            out for n in graph.node if n.op_type == "Constant" for out in n.output
+        )
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
@@ -97,7 +102,9 @@ def scoring_feeders(index: GraphIndex, op_types: tuple[str, ...]) -> list[onnx.N
     return [
         node
         for node in index.nodes
-        if not node.name.startswith(SCORING_SCOPE) and node.op_type in op_types and set(node.output) & read
+        if not node.name.startswith(SCORING_SCOPE)
+        and node.op_type in op_types
+        and set(node.output) & read
     ]
 
 
@@ -167,18 +174,34 @@ def signal_nodes(model: onnx.ModelProto) -> list[str]:
     chosen = {node.name for node in difference}
 
     # Upstream: the standardisation (x - mean) / std between a stage output and the difference.
-    stack = [index.producer[name] for node in difference for name in index.activation_inputs(node)
-             if name in index.producer]
+    stack = [
+        index.producer[name]
+        for node in difference
+        for name in index.activation_inputs(node)
+        if name in index.producer
+    ]
     while stack:
         node = stack.pop()
-        if node.name in chosen or node.op_type not in _AFFINE_OPS or len(index.activation_inputs(node)) != 1:
+        if (
+            node.name in chosen
+            or node.op_type not in _AFFINE_OPS
+            or len(index.activation_inputs(node)) != 1
+        ):
             continue
         chosen.add(node.name)
-        stack.extend(index.producer[n] for n in index.activation_inputs(node) if n in index.producer)
+        stack.extend(
+            index.producer[n] for n in index.activation_inputs(node) if n in index.producer
+        )
 
     # Downstream: the attention branch from the difference to its sigmoid.
     sigmoids = scoring_feeders(index, ("Sigmoid",))
     if sigmoids:
-        between = index.descendants(difference) & index.ancestors(o for s in sigmoids for o in s.output)
+        between = index.descendants(difference) & index.ancestors(
+            o for s in sigmoids for o in s.output
+        )
         chosen.update(between)
-    return [node.name for node in index.nodes if node.name in chosen and not node.name.startswith(SCORING_SCOPE)]
+    return [
+        node.name
+        for node in index.nodes
+        if node.name in chosen and not node.name.startswith(SCORING_SCOPE)
+    ]

@@ -164,18 +164,26 @@ def resolve_gate_data(metadata: ModelMetadata, gate_data: list[str | Path] | Non
     trained_on = metadata.training.get("data")
     if trained_on:
         folder = Path(trained_on)
-        if folder.name == "good" and folder.parent.name == "train" and (folder.parent.parent / "test").is_dir():
+        if (
+            folder.name == "good"
+            and folder.parent.name == "train"
+            and (folder.parent.parent / "test").is_dir()
+        ):
             return [folder.parent.parent]
     return []
 
 
 def _check_options(precision: str, target: str, calibration_method: str, batch_size: int) -> None:
     if precision not in PRECISIONS:
-        raise UsageError(f"precision='{precision}'; choose one of {PRECISIONS} (FP32 is the exported file).")
+        raise UsageError(
+            f"precision='{precision}'; choose one of {PRECISIONS} (FP32 is the exported file)."
+        )
     if target not in INT8_TARGETS:
         raise UsageError(f"target='{target}'; choose one of {INT8_TARGETS}.")
     if calibration_method not in CALIBRATION_METHODS:
-        raise UsageError(f"calibration_method='{calibration_method}'; choose one of {CALIBRATION_METHODS}.")
+        raise UsageError(
+            f"calibration_method='{calibration_method}'; choose one of {CALIBRATION_METHODS}."
+        )
     if batch_size < 1:
         raise UsageError(f"batch_size={batch_size}: must be at least 1.")
 
@@ -194,13 +202,19 @@ def fp16_overflow_nodes(
     import onnxruntime as ort
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats = {
+        v.name
+        for v in inferred.graph.value_info
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     producer = {out: node.name for node in inferred.graph.node for out in node.output}
     watched = [name for name in floats if name in producer and producer[name] not in skip]
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     existing = {o.name for o in probe.graph.output}
     probe.graph.output.extend(
-        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in watched if n not in existing
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+        for n in watched
+        if n not in existing
     )
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     maxima = dict.fromkeys(watched, 0.0)
@@ -311,7 +325,10 @@ def quantize_int8(
     lookup = key = None
     if cache is not None:
         if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-            logger.info("This onnxruntime (%s) has no calibration cache; calibrating every time", ort_version)
+            logger.info(
+                "This onnxruntime (%s) has no calibration cache; calibrating every time",
+                ort_version,
+            )
         else:
             size = calibration.images.shape[1:]
             key = CalibrationKey(
@@ -389,8 +406,10 @@ def _prune_unread_qdq(graph: onnx.GraphProto) -> None:
     while True:
         read = {name for node in graph.node for name in node.input} | outputs
         dead = [
-            node for node in graph.node
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant") and not set(node.output) & read
+            node
+            for node in graph.node
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant")
+            and not set(node.output) & read
         ]
         if not dead:
             break
@@ -420,9 +439,13 @@ def _smoke_check(data: bytes, images: np.ndarray, source: str, optimised: bool) 
     except Exception as err:  # onnxruntime raises its own exception types
         raise ModelError(f"{source}: ONNX Runtime cannot run the converted graph ({err}).") from err
     if image_score.shape != (len(images),) or anomaly_map.shape[0] != len(images):
-        raise ModelError(f"{source}: converted graph returns shapes {anomaly_map.shape}, {image_score.shape}.")
+        raise ModelError(
+            f"{source}: converted graph returns shapes {anomaly_map.shape}, {image_score.shape}."
+        )
     if not (np.isfinite(image_score).all() and np.isfinite(anomaly_map).all()):
-        raise ModelError(f"{source}: the converted graph returns non-finite values on normal images.")
+        raise ModelError(
+            f"{source}: the converted graph returns non-finite values on normal images."
+        )
 
 
 def _overflow_images(
@@ -435,7 +458,10 @@ def _overflow_images(
         files, source, excluded = calibration_files(metadata, None, OVERFLOW_CHECK_IMAGES)
         return load_calibration_set(files, size, source, excluded, min_images=0).images
     except (UsageError, DataError) as err:
-        logger.warning("No normal images for the FP16 overflow analysis (%s); only the fixed islands stay FP32", err)
+        logger.warning(
+            "No normal images for the FP16 overflow analysis (%s); only the fixed islands stay FP32",
+            err,
+        )
         return None
 
 
@@ -489,16 +515,22 @@ def convert_precision(
     calibration = None
     if precision == "int8":
         files, source, excluded = calibration_files(metadata, calib, max_calib_images)
-        calibration = load_calibration_set(files, input_hw(model), source, excluded, min_calib_images)
+        calibration = load_calibration_set(
+            files, input_hw(model), source, excluded, min_calib_images
+        )
     elif calib is not None:
         files, source, excluded = calibration_files(metadata, calib, OVERFLOW_CHECK_IMAGES)
         calibration = load_calibration_set(files, input_hw(model), source, excluded, min_images=0)
-    report = PrecisionReport(out=out, precision=precision, islands=islands, float_signal_nodes=signal)
+    report = PrecisionReport(
+        out=out, precision=precision, islands=islands, float_signal_nodes=signal
+    )
     label = precision if precision == "fp16" else f"int8-{target}"
 
     # Build.
     needs_fp16 = precision == "fp16" or target == "trt"
-    overflow_images = _overflow_images(metadata, calibration, input_hw(model)) if needs_fp16 else None
+    overflow_images = (
+        _overflow_images(metadata, calibration, input_hw(model)) if needs_fp16 else None
+    )
     if overflow_images is not None:
         report.overflow_nodes = fp16_overflow_nodes(model, overflow_images, fp32_nodes)
     keep_fp32 = fp32_nodes | set(report.overflow_nodes)
@@ -506,8 +538,14 @@ def convert_precision(
     if precision == "int8":
         cache = CalibrationCache(cache_dir) if use_cache else None
         built, report.calibration = quantize_int8(
-            model, calibration, sorted(fp32_nodes | set(signal)), calibration_method, batch_size, cache,
-            reduce_range=(target == "cpu") if reduce_range is None else reduce_range, target=target,
+            model,
+            calibration,
+            sorted(fp32_nodes | set(signal)),
+            calibration_method,
+            batch_size,
+            cache,
+            reduce_range=(target == "cpu") if reduce_range is None else reduce_range,
+            target=target,
         )
         rewired = read_float_in(built, fp32_nodes | set(signal))
         report.calibration.update(calibration.summary())
@@ -522,9 +560,14 @@ def convert_precision(
 
     # Checks: the contract, and ONNX Runtime runs it on normal (or synthetic) images.
     check_contract(built, str(out), metadata.image_size)
-    probe = calibration.images[:2] if calibration is not None else (
-        overflow_images[:2] if overflow_images is not None
-        else np.random.default_rng(0).integers(0, 256, (2, *input_hw(model), 3), dtype=np.uint8)
+    probe = (
+        calibration.images[:2]
+        if calibration is not None
+        else (
+            overflow_images[:2]
+            if overflow_images is not None
+            else np.random.default_rng(0).integers(0, 256, (2, *input_hw(model), 3), dtype=np.uint8)
+        )
     )
     # The file meant for TensorRT runs with its Q/DQ arithmetic as written (see gate.ReferenceOrtRunner).
     optimised = precision == "int8" and target == "cpu"

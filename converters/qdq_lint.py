@@ -87,7 +87,9 @@ TRT_ONLY_RULES = frozenset({"int8", "zero-point", "bias-float"})
 TARGETS = ("trt", "cpu")
 
 
-def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = (), target: str = "trt") -> list[Violation]:
+def lint_qdq(
+    model: onnx.ModelProto, float_nodes: Iterable[str] = (), target: str = "trt"
+) -> list[Violation]:
     """Every rule violation in ``model``; ``float_nodes`` adds node names that must stay Q/DQ-free.
 
     ``target="cpu"`` leaves out :data:`TRT_ONLY_RULES` for activations and biases (weights keep
@@ -100,7 +102,11 @@ def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = (), target: st
     violations: list[Violation] = []
     opset = _default_opset(model)
     if opset < MIN_OPSET:
-        violations.append(Violation("opset", "<graph>", f"opset {opset}; Q/DQ per-channel axes need >= {MIN_OPSET}"))
+        violations.append(
+            Violation(
+                "opset", "<graph>", f"opset {opset}; Q/DQ per-channel axes need >= {MIN_OPSET}"
+            )
+        )
     inferred = onnx.shape_inference.infer_shapes(model)
     graph = gs.import_onnx(inferred)
     kept = set(float_nodes)
@@ -117,17 +123,23 @@ def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = (), target: st
         elif in_float(node):
             for tensor in node.inputs:
                 if tensor.inputs and tensor.inputs[0].op == "DequantizeLinear":
-                    violations.append(Violation(
-                        "float-island", node.name,
-                        f"kept in float but reads '{tensor.name}' from DequantizeLinear '{tensor.inputs[0].name}'",
-                    ))
+                    violations.append(
+                        Violation(
+                            "float-island",
+                            node.name,
+                            f"kept in float but reads '{tensor.name}' from DequantizeLinear '{tensor.inputs[0].name}'",
+                        )
+                    )
             for tensor in node.outputs:
                 for reader in tensor.outputs:
                     if reader.op == "QuantizeLinear":
-                        violations.append(Violation(
-                            "float-island", node.name,
-                            f"kept in float but its output '{tensor.name}' is quantised by '{reader.name}'",
-                        ))
+                        violations.append(
+                            Violation(
+                                "float-island",
+                                node.name,
+                                f"kept in float but its output '{tensor.name}' is quantised by '{reader.name}'",
+                            )
+                        )
     for violation in violations:
         logger.debug("Q/DQ lint: %s", violation)
     return violations
@@ -135,8 +147,10 @@ def lint_qdq(model: onnx.ModelProto, float_nodes: Iterable[str] = (), target: st
 
 def _is_weight(node) -> bool:
     """A DequantizeLinear of constant INT8 data (a weight), as opposed to activations or biases."""
-    return node.op == "DequantizeLinear" and _values(node.inputs[0]) is not None and (
-        _dtype(node.inputs[0]) == np.dtype(np.int8)
+    return (
+        node.op == "DequantizeLinear"
+        and _values(node.inputs[0]) is not None
+        and (_dtype(node.inputs[0]) == np.dtype(np.int8))
     )
 
 
@@ -149,57 +163,93 @@ def _check_qdq_node(node, in_float) -> list[Violation]:
     scale_values = _values(scale)
 
     if in_float(node):
-        found.append(Violation("float-island", name, f"{node.op} inside the float islands ({SCORING_SCOPE}...)"))
+        found.append(
+            Violation(
+                "float-island", name, f"{node.op} inside the float islands ({SCORING_SCOPE}...)"
+            )
+        )
 
     # Integer side: INT8, zero point 0; DequantizeLinear of INT32 is a quantised bias.
     if node.op == "DequantizeLinear" and _dtype(data) == np.dtype(np.int32):
-        found.append(Violation("bias-float", name, "dequantises INT32 data (a quantised bias); keep biases float"))
+        found.append(
+            Violation(
+                "bias-float", name, "dequantises INT32 data (a quantised bias); keep biases float"
+            )
+        )
     elif zero_point is None:
-        found.append(Violation("int8", name, "no zero point, so ONNX uses UINT8; give an INT8 zero point of 0"))
+        found.append(
+            Violation(
+                "int8", name, "no zero point, so ONNX uses UINT8; give an INT8 zero point of 0"
+            )
+        )
     else:
         zp_values = _values(zero_point)
         if _dtype(zero_point) != np.dtype(np.int8):
-            found.append(Violation("int8", name, f"zero point '{zero_point.name}' is {_dtype(zero_point)}, not int8"))
+            found.append(
+                Violation(
+                    "int8",
+                    name,
+                    f"zero point '{zero_point.name}' is {_dtype(zero_point)}, not int8",
+                )
+            )
         if zp_values is None:
-            found.append(Violation("zero-point", name, f"zero point '{zero_point.name}' is not a constant"))
+            found.append(
+                Violation("zero-point", name, f"zero point '{zero_point.name}' is not a constant")
+            )
         elif np.any(zp_values != 0):
-            found.append(Violation("zero-point", name, f"zero point(s) {np.unique(zp_values)[:5].tolist()} != 0"))
+            found.append(
+                Violation(
+                    "zero-point", name, f"zero point(s) {np.unique(zp_values)[:5].tolist()} != 0"
+                )
+            )
 
     # Scales: constant, finite, positive.
     if scale_values is None:
         found.append(Violation("scale", name, f"scale '{scale.name}' is not a build-time constant"))
     elif not np.all(np.isfinite(scale_values)) or np.any(scale_values <= 0):
-        found.append(Violation("scale", name, f"scale '{scale.name}' has non-finite or non-positive values"))
+        found.append(
+            Violation("scale", name, f"scale '{scale.name}' has non-finite or non-positive values")
+        )
 
     # Granularity: activations per tensor; Conv weights per channel on axis 0; ConvTranspose per tensor.
     size = 1 if scale_values is None else int(scale_values.size)
     axis = int(node.attrs.get("axis", 1))
     weight = node.op == "DequantizeLinear" and _values(data) is not None
     if node.op == "QuantizeLinear" and _values(data) is None and size > 1:
-        found.append(Violation("activation-axis", name, f"activation quantised per channel ({size} scales)"))
+        found.append(
+            Violation("activation-axis", name, f"activation quantised per channel ({size} scales)")
+        )
     if weight:
         for reader in node.outputs[0].outputs:
             if reader.op == "Conv" and reader.inputs[1] is node.outputs[0]:
                 channels = int(_values(data).shape[0])
                 if scale_values is None or scale_values.ndim != 1 or size != channels or axis != 0:
-                    found.append(Violation(
-                        "conv-weight", name,
-                        f"Conv '{reader.name}' weights need {channels} scales on axis 0; "
-                        f"found {size} scale(s), axis {axis}",
-                    ))
+                    found.append(
+                        Violation(
+                            "conv-weight",
+                            name,
+                            f"Conv '{reader.name}' weights need {channels} scales on axis 0; "
+                            f"found {size} scale(s), axis {axis}",
+                        )
+                    )
             if reader.op == "ConvTranspose" and reader.inputs[1] is node.outputs[0] and size != 1:
-                found.append(Violation(
-                    "deconv-weight", name,
-                    f"ConvTranspose '{reader.name}' weights are per channel ({size} scales, axis {axis}); "
-                    "use one scale",
-                ))
+                found.append(
+                    Violation(
+                        "deconv-weight",
+                        name,
+                        f"ConvTranspose '{reader.name}' weights are per channel ({size} scales, axis {axis}); "
+                        "use one scale",
+                    )
+                )
 
     # Types: the scale's type is the float type on both sides of the pair.
     scale_dtype = _dtype(scale)
     if node.op == "QuantizeLinear":
         input_dtype = _dtype(data)
         if input_dtype is not None and scale_dtype is not None and input_dtype != scale_dtype:
-            found.append(Violation("scale-dtype", name, f"input is {input_dtype} but scale is {scale_dtype}"))
+            found.append(
+                Violation("scale-dtype", name, f"input is {input_dtype} but scale is {scale_dtype}")
+            )
     else:
         for reader in node.outputs[0].outputs:
             fixed = FP32_ONLY_INPUTS.get(reader.op, ())
@@ -210,14 +260,19 @@ def _check_qdq_node(node, in_float) -> list[Violation]:
             }
             others = {d for d in others if d is not None and d.kind == "f"}
             if scale_dtype is not None and others and scale_dtype not in others:
-                found.append(Violation(
-                    "scale-dtype", name,
-                    f"scale is {scale_dtype} but '{reader.name}' computes in {sorted(str(d) for d in others)}",
-                ))
+                found.append(
+                    Violation(
+                        "scale-dtype",
+                        name,
+                        f"scale is {scale_dtype} but '{reader.name}' computes in {sorted(str(d) for d in others)}",
+                    )
+                )
     return found
 
 
-def check_qdq(model: onnx.ModelProto, source: str, float_nodes: Iterable[str] = (), target: str = "trt") -> int:
+def check_qdq(
+    model: onnx.ModelProto, source: str, float_nodes: Iterable[str] = (), target: str = "trt"
+) -> int:
     """Raise ModelError listing the violations of :func:`lint_qdq`; return the number of Q/DQ nodes."""
     violations = lint_qdq(model, float_nodes, target)
     if violations:

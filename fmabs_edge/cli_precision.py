@@ -33,35 +33,112 @@ def _at_least_one(ctx: click.Context, param: click.Parameter, value: int | None)
 
 @click.command(name="quantize")
 @click.argument("onnx_in", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True,
-              help="FP16 casts with FP32 islands, or INT8 Q/DQ calibrated on normal images.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Variant ONNX file to write.")
-@click.option("--target", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
-              help="INT8: 'trt' keeps other layers FP16 (strongly typed TensorRT); 'cpu' keeps them FP32.")
-@click.option("--calib", type=click.Path(path_type=Path), default=None,
-              help="Folder of normal images to calibrate on [default: the model's training images].")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8 range rule; minmax never clips what normal images reach.")
-@click.option("--batch-size", type=int, default=8, show_default=True, callback=_at_least_one,
-              help="Images per calibration and gate batch.")
-@click.option("--max-calib-images", type=int, default=300, show_default=True, callback=_at_least_one,
-              help="At most this many calibration images, evenly spaced over the sorted list.")
-@click.option("--calib-cache", "cache_dir", type=click.Path(path_type=Path), default=None,
-              help="Calibration cache folder [default: ~/.cache/fmabs-edge/calibration].")
-@click.option("--cache/--no-cache", "use_cache", default=True, help="Reuse calibration ranges on an exact key match.")
-@click.option("--signal", type=click.Choice(["float", "quantize"]), default="float", show_default=True,
-              help="INT8: keep the anomaly-signal tensors (|T - S|, standardisation, attention) float.")
-@click.option("--reduce-range/--no-reduce-range", default=None,
-              help="INT8: 7-bit weights [default: on for --target cpu (no VNNI saturation), off for trt].")
-@click.option("--gate-data", multiple=True, type=click.Path(path_type=Path),
-              help="MVTec-style category folder to gate on (repeatable) [default: the training category].")
-@click.option("--gate/--no-gate", default=True, help="Score the variant against FP32 and record the verdict.")
-@click.option("--max-metric-delta", type=float, default=0.01, show_default=True, callback=_fraction,
-              help="Largest allowed |delta| of image AUROC, pixel AUROC and AUPRO to FP32.")
-@click.option("--min-decision-agreement", type=float, default=0.98, show_default=True, callback=_fraction,
-              help="Smallest allowed share of test images decided as FP32 decides them.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the full report as JSON here.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "int8"]),
+    required=True,
+    help="FP16 casts with FP32 islands, or INT8 Q/DQ calibrated on normal images.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Variant ONNX file to write.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["trt", "cpu"]),
+    default="trt",
+    show_default=True,
+    help="INT8: 'trt' keeps other layers FP16 (strongly typed TensorRT); 'cpu' keeps them FP32.",
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of normal images to calibrate on [default: the model's training images].",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="INT8 range rule; minmax never clips what normal images reach.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    callback=_at_least_one,
+    help="Images per calibration and gate batch.",
+)
+@click.option(
+    "--max-calib-images",
+    type=int,
+    default=300,
+    show_default=True,
+    callback=_at_least_one,
+    help="At most this many calibration images, evenly spaced over the sorted list.",
+)
+@click.option(
+    "--calib-cache",
+    "cache_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Calibration cache folder [default: ~/.cache/fmabs-edge/calibration].",
+)
+@click.option(
+    "--cache/--no-cache",
+    "use_cache",
+    default=True,
+    help="Reuse calibration ranges on an exact key match.",
+)
+@click.option(
+    "--signal",
+    type=click.Choice(["float", "quantize"]),
+    default="float",
+    show_default=True,
+    help="INT8: keep the anomaly-signal tensors (|T - S|, standardisation, attention) float.",
+)
+@click.option(
+    "--reduce-range/--no-reduce-range",
+    default=None,
+    help="INT8: 7-bit weights [default: on for --target cpu (no VNNI saturation), off for trt].",
+)
+@click.option(
+    "--gate-data",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="MVTec-style category folder to gate on (repeatable) [default: the training category].",
+)
+@click.option(
+    "--gate/--no-gate", default=True, help="Score the variant against FP32 and record the verdict."
+)
+@click.option(
+    "--max-metric-delta",
+    type=float,
+    default=0.01,
+    show_default=True,
+    callback=_fraction,
+    help="Largest allowed |delta| of image AUROC, pixel AUROC and AUPRO to FP32.",
+)
+@click.option(
+    "--min-decision-agreement",
+    type=float,
+    default=0.98,
+    show_default=True,
+    callback=_fraction,
+    help="Smallest allowed share of test images decided as FP32 decides them.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the full report as JSON here.",
+)
 def quantize_command(
     onnx_in: Path,
     precision: str,
@@ -113,4 +190,6 @@ def quantize_command(
         return
     click.echo(format_gate_table(report.gate, label))
     if not report.gate.passed:
-        raise GateError(f"{out} misses the accuracy gate; it is written and marked 'failed' in its metadata.")
+        raise GateError(
+            f"{out} misses the accuracy gate; it is written and marked 'failed' in its metadata."
+        )
