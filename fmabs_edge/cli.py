@@ -58,6 +58,35 @@ def _positive(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def _inference_options(command):
+    """``--backend``, ``--batch-size`` and ``--threshold``: the flags every scoring command shares."""
+    options = [
+        click.option(
+            "--backend",
+            type=click.Choice(["ort", "torch", "trt"]),
+            default=None,
+            help="Backend [default: from the model file's suffix: .onnx ort, .pt torch, .engine trt].",
+        ),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=8,
+            show_default=True,
+            callback=_positive,
+            help="Images per inference call.",
+        ),
+        click.option(
+            "--threshold",
+            type=float,
+            default=None,
+            help="Override the stored decision threshold.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _echo_json(data: dict) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -233,23 +262,7 @@ def export(checkpoint: Path, out_path: Path, check: bool, input_size: str | None
     type=click.Path(path_type=Path),
     help="Folder for results.csv (and maps).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["ort", "torch", "trt"]),
-    default=None,
-    help="Backend [default: from the model file's suffix; .onnx -> ort].",
-)
-@click.option(
-    "--batch-size",
-    type=int,
-    default=8,
-    show_default=True,
-    callback=_positive,
-    help="Images per inference call.",
-)
-@click.option(
-    "--threshold", type=float, default=None, help="Override the stored decision threshold."
-)
+@_inference_options
 @click.option(
     "--save-maps/--no-save-maps", default=False, help="Write a heatmap overlay PNG per image."
 )
@@ -352,23 +365,7 @@ def run(
     default=None,
     help="Write the metrics JSON here.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["ort", "torch", "trt"]),
-    default=None,
-    help="Backend [default: from the file suffix].",
-)
-@click.option(
-    "--batch-size",
-    type=int,
-    default=8,
-    show_default=True,
-    callback=_positive,
-    help="Images per inference call.",
-)
-@click.option(
-    "--threshold", type=float, default=None, help="Override the stored decision threshold."
-)
+@_inference_options
 def evaluate_command(
     model: Path,
     data: Path,
