@@ -35,7 +35,11 @@ checkpoint (sha256); a stale file is remade. The variants are named ``<model>-<p
 from __future__ import annotations
 
 import logging
-import tomllib
+
+try:  # Python 3.11+; tomli is the same parser for 3.10 (JetPack 6's Python)
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,58 +227,6 @@ def _train_options(fields: dict[str, Any]) -> Any:
         raise UsageError(f"Unknown training option in the sweep: {err}") from err
 
 
-def rescore_checkpoint(
-    source: str | Path,
-    target: str | Path,
-    scoring: dict[str, Any],
-    max_false_reject: float | None = None,
-    batch_size: int = 8,
-) -> ModelMetadata:
-    """Write ``target``: the weights of ``source`` with other scoring fields.
-
-    Training always fits the decoder and both map statistics, so a new scoring needs no retraining:
-    the normalisation statistics and the threshold are re-fitted on the checkpoint's own held-out
-    normal images (``metadata.training["heldout_files"]``) with the training rule.
-    """
-    from fmabs_edge.checkpoint import load_checkpoint, save_checkpoint
-    from fmabs_edge.model import DeployModel
-    from fmabs_edge.threshold import fit_threshold
-    from fmabs_edge.train import TrainOptions, fit_normalisation, load_normal_images, score_images
-
-    source, target = Path(source), Path(target)
-    net, metadata = load_checkpoint(source)
-    merged = {**metadata.to_dict(), "scoring": {**metadata.to_dict()["scoring"], **scoring}}
-    updated = ModelMetadata.from_dict(merged, f"{source} with scoring {scoring}")
-    heldout = [Path(p) for p in metadata.training.get("heldout_files", [])]
-    if not heldout:
-        raise ModelError(
-            f"{source} lists no held-out images; re-scoring needs them to fit statistics "
-            "and threshold."
-        )
-    images, kept, _ = load_normal_images(heldout, metadata.image_size)
-    if len(kept) == 0:
-        raise ModelError(
-            f"None of the held-out images of {source} can be read (first: {heldout[0]})."
-        )
-
-    updated.normalisation = fit_normalisation(net, updated.scoring, images, batch_size)
-    deploy = DeployModel(net, updated.scoring, updated.normalisation).eval()
-    rate = TrainOptions().max_false_reject if max_false_reject is None else max_false_reject
-    updated.threshold, updated.threshold_rule = fit_threshold(
-        score_images(deploy, images, batch_size), rate
-    )
-    updated.training = {
-        **metadata.training,
-        "rescored_from": str(source),
-        "rescored_from_sha256": sha256_file(source),
-    }
-    save_checkpoint(target, net, updated)
-    logger.info(
-        "Re-scored %s -> %s with %s (threshold %.4g)", source, target, scoring, updated.threshold
-    )
-    return updated
-
-
 def _made_from(artefact: Path, checkpoint_sha256: str) -> bool:
     """True when ``artefact`` exists and its metadata names the checkpoint with this sha256."""
     if not artefact.is_file():
@@ -369,6 +321,8 @@ def _checkpoint_for(model: ModelEntry, sweep: Sweep, data: Path, made: dict[str,
         if target.is_file() and stamp.is_file() and stamp.read_text().strip() == source_sha:
             logger.info("Reusing %s (re-scored from %s)", target, source)
             return target
+        from fmabs_edge.train import rescore_checkpoint
+
         rescore_checkpoint(source, target, model.scoring)
         stamp.write_text(source_sha + "\n")
         return target

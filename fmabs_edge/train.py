@@ -13,14 +13,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fmabs_edge.checkpoint import read_checkpoint, save_checkpoint
 from fmabs_edge.data import list_images, resolve_train_folder
-from fmabs_edge.errors import CorruptImageError, DataError, UsageError
-from fmabs_edge.metadata import ModelConfig, ModelMetadata, NormalisationStats, ScoringConfig
+from fmabs_edge.errors import CorruptImageError, DataError, ModelError, UsageError
+from fmabs_edge.metadata import (
+    ModelConfig,
+    ModelMetadata,
+    NormalisationStats,
+    ScoringConfig,
+    sha256_file,
+)
 from fmabs_edge.model import BACKBONES, DeployModel, FmabsNet, default_teacher_weights, fmabs_loss
 from fmabs_edge.runtime.preprocess import RESIZE_RULE, preprocess_file
 from fmabs_edge.threshold import fit_threshold
@@ -333,3 +340,52 @@ def _progress(enabled: bool):
         disable=not enabled,
         transient=False,
     )
+
+
+def rescore_checkpoint(
+    source: str | Path,
+    target: str | Path,
+    scoring: dict[str, Any],
+    max_false_reject: float | None = None,
+    batch_size: int = 8,
+) -> ModelMetadata:
+    """Write ``target``: the weights of ``source`` with other scoring fields.
+
+    Training always fits the decoder and both map statistics, so a new scoring needs no retraining:
+    the normalisation statistics and the threshold are re-fitted on the checkpoint's own held-out
+    normal images (``metadata.training["heldout_files"]``) with the training rule.
+    """
+    from fmabs_edge.checkpoint import load_checkpoint
+
+    source, target = Path(source), Path(target)
+    net, metadata = load_checkpoint(source)
+    merged = {**metadata.to_dict(), "scoring": {**metadata.to_dict()["scoring"], **scoring}}
+    updated = ModelMetadata.from_dict(merged, f"{source} with scoring {scoring}")
+    heldout = [Path(p) for p in metadata.training.get("heldout_files", [])]
+    if not heldout:
+        raise ModelError(
+            f"{source} lists no held-out images; re-scoring needs them to fit statistics "
+            "and threshold."
+        )
+    images, kept, _ = load_normal_images(heldout, metadata.image_size)
+    if len(kept) == 0:
+        raise ModelError(
+            f"None of the held-out images of {source} can be read (first: {heldout[0]})."
+        )
+
+    updated.normalisation = fit_normalisation(net, updated.scoring, images, batch_size)
+    deploy = DeployModel(net, updated.scoring, updated.normalisation).eval()
+    rate = TrainOptions().max_false_reject if max_false_reject is None else max_false_reject
+    updated.threshold, updated.threshold_rule = fit_threshold(
+        score_images(deploy, images, batch_size), rate
+    )
+    updated.training = {
+        **metadata.training,
+        "rescored_from": str(source),
+        "rescored_from_sha256": sha256_file(source),
+    }
+    save_checkpoint(target, net, updated)
+    logger.info(
+        "Re-scored %s -> %s with %s (threshold %.4g)", source, target, scoring, updated.threshold
+    )
+    return updated

@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
+
+try:  # Python 3.11+; tomli is the same parser for 3.10 (JetPack 6's Python)
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

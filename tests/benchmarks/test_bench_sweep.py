@@ -132,7 +132,7 @@ def test_reproduce_plan_covers_the_published_variants(tmp_path):
 
 @pytest.mark.slow
 def test_rescored_checkpoint_keeps_weights_and_refits_statistics(tiny_checkpoint, tmp_path):
-    from fmabs_edge.benchmarks.sweep import rescore_checkpoint
+    from fmabs_edge.train import rescore_checkpoint
     from fmabs_edge.checkpoint import read_checkpoint
 
     target = tmp_path / "rec" / "model.pt"
