@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from fmabs_edge.artefacts import load_onnx, read_metadata
-from fmabs_edge.errors import FmabsError, ModelError, UsageError
+from fmabs_edge.errors import FmabsError, UsageError
 from fmabs_edge.metadata import ModelMetadata, sha256_file
 
 logger = logging.getLogger(__name__)
