@@ -20,7 +20,7 @@ from typing import Iterator
 
 import onnx
 
-from fmabs_edge.errors import ModelError
+from fmabs_edge.errors import ModelError, UsageError
 from fmabs_edge.metadata import ONNX_METADATA_KEY, ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
     A failure leaves any existing file at ``path`` untouched and removes the temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_output_path(path)
     handle, temp_name = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent
     )
@@ -46,10 +46,33 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
     temp = Path(temp_name)
     try:
         yield temp
-        os.replace(temp, path)
+        try:
+            os.replace(temp, path)
+        except OSError as err:
+            raise UsageError(
+                f"Cannot write {path}: {err.strerror}. Choose another output path."
+            ) from err
     finally:
         if temp.exists():
             temp.unlink()
+
+
+def ensure_output_path(path: str | Path, is_dir: bool = False) -> None:
+    """Make the folder for an output (``path`` itself when ``is_dir``) or raise a clear error.
+
+    Call it before long work, so that a bad ``--out`` fails before anything is computed.
+    """
+    path = Path(path)
+    folder = path if is_dir else path.parent
+    if (is_dir and path.exists() and not path.is_dir()) or (not is_dir and path.is_dir()):
+        kind = "a file" if is_dir else "a folder"
+        raise UsageError(f"Output path {path} is {kind}; choose another output path.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"Cannot create the output folder {folder}: {err.strerror}. Choose another output path."
+        ) from err
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

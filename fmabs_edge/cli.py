@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -79,12 +80,32 @@ def _inference_options(command):
             "--threshold",
             type=float,
             default=None,
-            help="Override the stored decision threshold.",
+            callback=_finite,
+            help="Override the stored decision threshold (a finite number).",
         ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}.")
+    return value
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value):
+    """A false-reject rate such as ``0.5%`` or ``0.005``, checked to lie in [0, 1)."""
+    if value is None:
+        return None
+    from fmabs_edge.errors import UsageError
+    from fmabs_edge.threshold import parse_rate
+
+    try:
+        return parse_rate(value)
+    except UsageError as err:
+        raise click.BadParameter(str(err)) from err
 
 
 def _echo_json(data: dict) -> None:
@@ -156,9 +177,11 @@ def _echo_json(data: dict) -> None:
 )
 @click.option(
     "--max-false-reject",
-    type=float,
+    type=str,
     default=None,
-    help="Threshold rule: allowed false-reject rate on held-out good images [default: 0.005].",
+    callback=_rate,
+    help="Threshold rule: allowed false-reject rate on held-out good images, e.g. 0.5% or 0.005 "
+    "[default: 0.5%].",
 )
 @click.option(
     "--max-train-images",
@@ -192,6 +215,7 @@ def train(data: Path, out_dir: Path, **options) -> None:
     "--max-false-reject",
     type=str,
     required=True,
+    callback=_rate,
     help="Allowed false-reject rate, e.g. 0.5% or 0.005.",
 )
 @click.option(

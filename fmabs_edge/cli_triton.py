@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import logging
 from pathlib import Path
@@ -9,6 +11,14 @@ from pathlib import Path
 import click
 
 logger = logging.getLogger(__name__)
+
+
+def _finite_or_none(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}.")
+    return value
 
 
 @click.command(name="export-triton")
@@ -66,12 +76,14 @@ logger = logging.getLogger(__name__)
 @click.option(
     "--threshold",
     type=float,
+    callback=_finite_or_none,
     default=None,
-    help="Image threshold written as a parameter [default: the model's].",
+    help="Image threshold written as a parameter (finite) [default: the model's].",
 )
 @click.option(
     "--pixel-threshold",
     type=float,
+    callback=_finite_or_none,
     default=None,
     help="Pixel threshold written as a parameter [default: the image threshold].",
 )

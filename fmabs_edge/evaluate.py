@@ -16,9 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fmabs_edge.artefacts import write_text_atomic
+from fmabs_edge.artefacts import ensure_output_path, write_text_atomic
 from fmabs_edge.data import TestSample, list_test_samples
-from fmabs_edge.errors import DataError
+from fmabs_edge.errors import DataError, UsageError
 from fmabs_edge.metrics import aupro, decision_rates, f1_max, image_auroc, pixel_auroc
 from fmabs_edge.runtime.runners import Runner, load_runner
 from fmabs_edge.score_folder import score_files
@@ -130,6 +130,10 @@ def evaluate(
     json_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Open ``model`` with ``backend``, evaluate it on ``data`` and optionally write the JSON."""
+    if threshold is not None and not np.isfinite(threshold):
+        raise UsageError(f"threshold={threshold}: must be a finite number.")
+    if json_path is not None:
+        ensure_output_path(json_path)
     with load_runner(model, backend) as runner:
         metrics = evaluate_runner(runner, data, batch_size=batch_size, threshold=threshold)
     if json_path is not None:

@@ -16,7 +16,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from fmabs_edge.artefacts import write_bytes_atomic, write_text_atomic
+from fmabs_edge.artefacts import ensure_output_path, write_bytes_atomic, write_text_atomic
 from fmabs_edge.data import list_images
 from fmabs_edge.errors import CorruptImageError, UsageError
 from fmabs_edge.runtime.preprocess import load_image, resize_image
@@ -148,6 +148,10 @@ def score_paths(
 ) -> FolderSummary:
     """Score image files/folders; write ``out_dir/results.csv`` (and overlays with ``save_maps``)."""
     out_dir = Path(out_dir)
+    if threshold is not None and not np.isfinite(threshold):
+        raise UsageError(f"threshold={threshold}: must be a finite number.")
+    ensure_output_path(out_dir, is_dir=True)
+    ensure_output_path(out_dir / "results.csv")
     files = collect_files(inputs)
     limit = runner.metadata.threshold if threshold is None else float(threshold)
     scored = score_files(runner, files, batch_size=batch_size, keep_maps=save_maps)

@@ -82,6 +82,10 @@ class TrainOptions:
                 f"val_fraction={self.val_fraction}: must lie in (0, 0.5]; held-out normal images fix the "
                 "score statistics and the threshold."
             )
+        if not 0.0 <= self.max_false_reject < 1.0:
+            raise UsageError(
+                f"max_false_reject={self.max_false_reject}: must lie in [0, 1), e.g. 0.005 (0.5 %)."
+            )
         if self.backbone not in BACKBONES:
             raise UsageError(f"backbone='{self.backbone}': choose one of {sorted(BACKBONES)}.")
 
