@@ -49,7 +49,7 @@ def fit_threshold(good_scores: np.ndarray, max_false_reject: float) -> tuple[flo
     ordered = np.sort(scores)[::-1]
     threshold = float(ordered[min(allowed, n - 1)])
     rule = (
-        f"max-false-reject {max_false_reject:g} on {n} good images: {allowed + 1}-th highest score"
+        f"max-false-reject {max_false_reject:g} on {n} good images: the score ranked {allowed + 1} from the top"
     )
     if allowed == 0:
         rule += " (the maximum; the rate cannot be resolved below 1/n)"

@@ -36,7 +36,7 @@ def test_thousand_images_at_half_a_percent_take_the_sixth_highest() -> None:
     threshold, rule = fit_threshold(scores, parse_rate("0.5%"))
     assert threshold == 994.0  # 999..995 (five images, 0.5 %) may lie above it
     assert int((scores > threshold).sum()) == 5
-    assert "6-th highest" in rule
+    assert "ranked 6 from the top" in rule
 
 
 def test_zero_rate_is_the_maximum_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
