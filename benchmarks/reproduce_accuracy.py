@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fmabs_edge.converters.export import export_onnx
-from fmabs_edge.evaluate import evaluate
+from fmabs_edge.evaluate import HEADLINE_METRICS, evaluate
 from fmabs_edge.train import TrainOptions, train
 
 #: Per-dataset training settings used for RESULTS.md.
@@ -71,21 +71,7 @@ def main() -> None:
             "dataset": name,
             "train_seconds": onnx_metrics["metadata"]["training"]["train_seconds"],
             "epochs": onnx_metrics["metadata"]["training"]["epochs"],
-            **{
-                k: onnx_metrics[k]
-                for k in (
-                    "image_auroc",
-                    "pixel_auroc",
-                    "aupro",
-                    "f1_max",
-                    "threshold",
-                    "precision_at_threshold",
-                    "recall_at_threshold",
-                    "fpr_at_threshold",
-                    "n_images",
-                    "n_skipped",
-                )
-            },
+            **{k: onnx_metrics[k] for k in HEADLINE_METRICS},
             "ort_vs_torch": parity(onnx_metrics, torch_metrics),
             "eval_seconds": round(time.perf_counter() - started, 1),
         }

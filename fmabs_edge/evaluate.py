@@ -25,6 +25,20 @@ from fmabs_edge.score_folder import score_files
 
 logger = logging.getLogger(__name__)
 
+#: The metrics a person looks at first: the terminal table and the reproduction summaries.
+HEADLINE_METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "threshold",
+    "precision_at_threshold",
+    "recall_at_threshold",
+    "fpr_at_threshold",
+    "n_images",
+    "n_skipped",
+)
+
 
 @dataclass
 class Predictions:
@@ -151,17 +165,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             else (f"{value:.4f}" if isinstance(value, float) else str(value))
         )
 
-    keys = (
-        "image_auroc",
-        "pixel_auroc",
-        "aupro",
-        "f1_max",
-        "threshold",
-        "precision_at_threshold",
-        "recall_at_threshold",
-        "fpr_at_threshold",
-        "n_images",
-        "n_skipped",
-    )
+    keys = HEADLINE_METRICS
     width = max(len(k) for k in keys)
     return "\n".join(f"{key:<{width}}  {show(metrics.get(key))}" for key in keys)
